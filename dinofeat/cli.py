@@ -1,0 +1,238 @@
+"""The `dinofeat` command line: argument parsing only; every command calls the public API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import DinofeatError
+
+EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (`dinofeat weights download`)."
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`), default dino_vits8")
+    g.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
+    g.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
+                   "official file, downloaded if missing")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
+
+
+def _extractor(args):
+    from .engine.extractor import Extractor
+
+    return Extractor(model=args.model, stride=args.stride, weights=args.weights, backend=args.backend,
+                     device=args.device, precision=args.precision, progress=True)
+
+
+def cmd_match(args) -> int:
+    from tqdm import tqdm
+
+    from .correspondences import find_correspondences
+    from .viz import atomic_save, draw_correspondences
+
+    for name, path in (("IMG1", args.img1), ("IMG2", args.img2)):
+        if not Path(path).is_file():
+            raise DinofeatError(f"{name}: file not found: {path!r}")
+    _check_suffix(args.output, (".png", ".jpg", ".jpeg"), "-o/--output")
+    if args.save:
+        _check_suffix(args.save, (".npz",), "--save")
+    with tqdm(total=2, desc="dinofeat match", unit="step", disable=args.quiet) as bar:
+        bar.set_postfix_str("loading model")
+        ex = _extractor(args)
+        bar.update()
+        bar.set_postfix_str("matching")
+        corr = find_correspondences(args.img1, args.img2, num_pairs=args.num_pairs, load_size=args.load_size,
+                                    layer=args.layer, facet=args.facet, bin=not args.no_bin, thresh=args.thresh,
+                                    extractor=ex)
+        bar.update()
+    canvas = draw_correspondences(corr)
+    out = atomic_save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)))
+    print(f"{len(corr)} pairs ({int(corr.bbs_mask.sum())} foreground best buddies); drawn to {out}")
+    for k, (p1, p2) in enumerate(zip(corr.points1, corr.points2)):
+        print(f"  {k}: image1 (y={p1[0]}, x={p1[1]})  <->  image2 (y={p2[0]}, x={p2[1]})")
+    if args.save:
+        import numpy as np
+
+        arrays = corr.to_numpy()
+        path = atomic_save(args.save, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        print(f"saved every field to {path}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    _check_suffix(args.output, (".npz", ".safetensors"), "-o/--output")
+    for path in args.images:
+        if not Path(path).is_file():
+            raise DinofeatError(f"IMG: file not found: {path!r}")
+    ex = _extractor(args)
+    tensors = {}
+    for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=args.quiet)):
+        batch, _ = ex.preprocess(path, args.load_size)
+        f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
+                       bin=args.bin, saliency=args.saliency)
+        tensors[f"descriptors_{i}"] = f.descriptors[0].cpu().contiguous()
+        if f.saliency is not None:
+            tensors[f"saliency_{i}"] = f.saliency[0].cpu().contiguous()
+        import torch
+
+        tensors[f"num_patches_{i}"] = torch.tensor(f.num_patches, dtype=torch.int64)
+        tensors[f"load_size_{i}"] = torch.tensor(f.load_size, dtype=torch.int64)
+    meta = {"model": args.model, "stride": str(args.stride), "layer": " ".join(map(str, args.layer)),
+            "facet": args.facet, "bin": str(args.bin), "images": "\n".join(args.images)}
+    if args.output.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        out = _atomic(args.output, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    else:
+        arrays = {k: v.numpy() for k, v in tensors.items()}
+        arrays.update({f"meta_{k}": np.array(v) for k, v in meta.items()})
+        out = _atomic(args.output, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    shapes = ", ".join(f"{tuple(v.shape)}" for k, v in tensors.items() if k.startswith("descriptors"))
+    print(f"{len(args.images)} image(s), descriptors {shapes}; saved to {out}")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from . import weights as W
+
+    if args.action == "list":
+        for row in W.list_weights():
+            cached = row.get("cached_path") or "-"
+            print(f"{row['name']:<22} {row.get('family', ''):<7} cached: {cached}")
+            print(f"{'':<22} url: {row.get('url') or '(gated: pass --weights FILE)'}")
+        print(f"cache: {W.cache_dir()}")
+        return 0
+    names = args.names or ["dino_vits8"]
+    if args.action == "download":
+        for name in names:
+            path = W.download_weights(name, url=args.url, sha256=args.sha256, progress=True)
+            print(f"{name}: {path}")
+        return 0
+    failed = 0
+    for name in names:  # verify
+        res = W.verify_weights(name)
+        ok = res.get("ok")
+        failed += not ok
+        print(f"{name}: {'OK' if ok else 'FAILED'} sha256={res.get('sha256')} path={res.get('path')}"
+              + ("" if ok else f" expected={res.get('expected_sha256')}"))
+    return 1 if failed else 0
+
+
+def _check_suffix(path: str, allowed: tuple[str, ...], flag: str) -> None:
+    if not str(path).lower().endswith(allowed):
+        raise DinofeatError(f"{flag} {path!r}: expected a file ending in {' or '.join(allowed)}")
+
+
+def _image_format(path: str) -> str:
+    return "PNG" if str(path).lower().endswith(".png") else "JPEG"
+
+
+def _atomic(path, write):
+    from .viz import atomic_save
+
+    return atomic_save(path, write)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dinofeat", description="Dense DINO-ViT descriptors and Best-Buddies "
+                                     "correspondences.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("match", help="find and draw correspondences between two images", epilog=EPILOG)
+    p.add_argument("img1")
+    p.add_argument("img2")
+    p.add_argument("--num-pairs", type=int, default=10)
+    p.add_argument("--layer", type=int, default=9)
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
+    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    p.add_argument("-o", "--output", default="matches.png", help="PNG with the pairs drawn (default matches.png)")
+    p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("extract", help="save dense descriptors (and saliency) of images", epilog=EPILOG)
+    p.add_argument("images", nargs="+", metavar="IMG")
+    p.add_argument("--layer", type=int, nargs="+", default=[9])
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--bin", action="store_true", help="log-bin the descriptors (17 bins)")
+    p.add_argument("--saliency", action="store_true", help="also save the saliency map")
+    p.add_argument("-o", "--output", required=True, help="out.npz or out.safetensors")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("weights", help="list, download or verify checkpoints")
+    p.add_argument("action", choices=["list", "download", "verify"])
+    p.add_argument("names", nargs="*", help="zoo names (default dino_vits8)")
+    p.add_argument("--url", default=None, help="download from this URL instead of the official one")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the download")
+    p.set_defaults(func=cmd_weights)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """Commands whose modules live elsewhere (export, bench, doctor); each wires its own arguments."""
+    try:
+        from .export.cli import add_export_arguments, export_main
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("export", help="export the strided ViT to ONNX / TensorRT")
+        add_export_arguments(p)
+        p.set_defaults(func=export_main)
+    try:
+        from .doctor import add_doctor_arguments, doctor_main
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("doctor", help="print versions and devices, self-test every backend and kernel")
+        add_doctor_arguments(p)
+        p.set_defaults(func=doctor_main)
+    try:
+        from .bench import add_bench_arguments, bench_main
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("bench", help="benchmark stages and end-to-end throughput")
+        add_bench_arguments(p)
+        p.set_defaults(func=bench_main)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"dinofeat {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DinofeatError as e:
+        print(f"dinofeat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dinofeat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

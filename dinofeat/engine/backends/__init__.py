@@ -1,0 +1,43 @@
+"""Backend registry. Heavy imports (onnxruntime, tensorrt) happen only inside the backend that needs them."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import InputError
+from ...export.model import StridedViT
+from .base import Backend
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def resolve_backend_name(backend: str, device: torch.device) -> str:
+    """`auto` -> torch (eager, exact, no export step); named backends are checked by their constructors."""
+    if backend == "auto":
+        return "torch"
+    if backend not in BACKENDS:
+        raise InputError(f"backend={backend!r} is unknown; choose one of: auto, {', '.join(BACKENDS)}")
+    return backend
+
+
+def create_backend(name: str, model: StridedViT, device: torch.device, precision: str, weights_id: str) -> Backend:
+    """Build backend `name` around `model` (weights loaded, fp32, CPU).
+
+    `weights_id` identifies the weights (SHA-256 of the file or of the tensors) for export/engine cache keys.
+    """
+    if name == "torch":
+        from .torch import TorchBackend
+
+        return TorchBackend(model, device, precision)
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, device, precision, weights_id)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model, device, precision, weights_id)
+    raise InputError(f"backend={name!r} is unknown; choose one of: auto, {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "create_backend", "resolve_backend_name"]

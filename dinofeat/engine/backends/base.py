@@ -1,0 +1,25 @@
+"""The one small protocol every backend implements, and the registry `Extractor(backend=...)` reads."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ...export.model import Request
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs the strided ViT for a request and returns named outputs.
+
+    `run(batch, request)` takes a (B, 3, H, W) float32 tensor (already on `device`) and returns
+    {name: tensor} with names from `request.output_names()` ("key9", "saliency", ...): facets (B, T, C) in the
+    original channel order, saliency (B, T); float32 torch tensors on the backend's device. Nothing above a backend
+    knows which one ran.
+    """
+
+    name: str
+    device: torch.device
+
+    def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]: ...

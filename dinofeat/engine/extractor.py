@@ -1,0 +1,147 @@
+"""`Extractor`: one model, one backend, per-size caches; `preprocess` and `extract`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..export.model import Request, StridedViT, check_request, output_name
+from ..zoo import get_model_spec
+from . import preprocess as _pre
+from .backends import create_backend, resolve_backend_name
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Features:
+    """What `Extractor.extract` returns.
+
+    descriptors: (B, T, C) float32 — facet channels in the original order (d * heads + h for key/query/value);
+        C * (1 + 8 * hierarchy) when binned; several layers are concatenated along C in the order asked.
+    saliency: (B, T) float32 in [0, 1] (CLS attention of the last block, min-max normalised) or None.
+    num_patches: (Hp, Wp) patch grid; T = Hp * Wp, tokens row-major.
+    load_size: (H, W) of the preprocessed batch.
+    per_layer: {layer: (B, T, C)} unbinned-or-binned descriptors of each requested layer.
+    """
+
+    descriptors: torch.Tensor
+    saliency: torch.Tensor | None
+    num_patches: tuple[int, int]
+    load_size: tuple[int, int]
+    per_layer: dict[int, torch.Tensor]
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device={device!r} is not a device ({e}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but no CUDA GPU is visible to torch; use device='cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
+    return dev
+
+
+class Extractor:
+    """Dense descriptors from a strided DINO-family ViT.
+
+    Example:
+        >>> ex = dinofeat.Extractor(model="dino_vits8", stride=4, weights="dino_deitsmall8_pretrain.pth")
+        >>> batch, resized = ex.preprocess("cat.png", load_size=224)
+        >>> f = ex.extract(batch, layer=9, facet="key", bin=True, saliency=True)
+        >>> f.descriptors.shape  # (1, 4565, 6528) for a 336x224 image
+    """
+
+    def __init__(self, model: str = "dino_vits8", stride: int | None = 4, weights=None, backend: str = "auto",
+                 device="auto", precision: str = "fp32", *, progress: bool = True):
+        from ..weights import load_weights
+
+        self.spec = get_model_spec(model)
+        p = self.spec.patch_size
+        if stride is None:
+            stride = p
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or p % stride:
+            divisors = [d for d in range(1, p + 1) if p % d == 0]
+            raise InputError(f"stride={stride!r} must be a positive int dividing the patch size {p} of {model}; "
+                             f"choose one of {divisors}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision={precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+        self.stride = stride
+        self.precision = precision
+        self.device = resolve_device(device)
+        self.backend_name = resolve_backend_name(backend, self.device)
+        loaded = load_weights(self.spec, weights, progress=progress)
+        vit = StridedViT(self.spec, stride)
+        vit.load_state_dict(loaded.state_dict)
+        vit.eval()
+        self.weights_sha256 = loaded.sha256
+        self.weights_source = loaded.source
+        self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def patch_size(self) -> int:
+        return self.spec.patch_size
+
+    def __repr__(self) -> str:
+        return (f"Extractor(model={self.spec.name!r}, stride={self.stride}, backend={self.backend.name!r}, "
+                f"device={str(self.device)!r}, precision={self.precision!r})")
+
+    def preprocess(self, image, load_size=224, *, exif_transpose: bool = True):
+        """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image)."""
+        _pre.check_load_size(load_size, self.spec.patch_size)
+        return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose)
+
+    def num_patches(self, height: int, width: int) -> tuple[int, int]:
+        p, s = self.spec.patch_size, self.stride
+        return 1 + (height - p) // s, 1 + (width - p) // s
+
+    def extract(self, batch: torch.Tensor, layer=9, facet: str = "key", bin: bool = False,
+                saliency: bool = False, *, hierarchy: int = 2) -> Features:
+        """Descriptors of `layer` (int or list of ints) and `facet`, optionally log-binned, plus saliency.
+
+        Args:
+            batch: (B, 3, H, W) float32, as `preprocess` returns (concatenate same-size images for B > 1).
+        """
+        from .. import kernels
+
+        batch = self._check_batch(batch)
+        layers = check_request(self.spec, layer, facet)
+        request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))
+        outputs = self.backend.run(batch, request)
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        grid = self.num_patches(height, width)
+        per_layer = {}
+        for lyr in dict.fromkeys(layers):
+            desc = outputs[output_name(lyr, facet)]
+            per_layer[lyr] = kernels.log_bin(desc, grid, hierarchy=hierarchy) if bin else desc
+        descriptors = torch.cat([per_layer[lyr] for lyr in layers], dim=-1) if len(layers) > 1 else per_layer[layers[0]]
+        return Features(descriptors=descriptors, saliency=outputs.get("saliency"), num_patches=grid,
+                        load_size=(height, width), per_layer=per_layer)
+
+    def _check_batch(self, batch) -> torch.Tensor:
+        if not isinstance(batch, torch.Tensor):
+            raise InputError(
+                f"batch: expected a (B, 3, H, W) float32 torch.Tensor from Extractor.preprocess, got "
+                f"{type(batch).__name__}; call `batch, pil = ex.preprocess(image, load_size=224)` first"
+            )
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise InputError(f"batch: expected shape (B, 3, H, W), got {tuple(batch.shape)}")
+        if batch.shape[0] == 0:
+            raise InputError("batch: B = 0; pass at least one image")
+        p = self.spec.patch_size
+        if batch.shape[-2] < p or batch.shape[-1] < p:
+            raise InputError(f"batch: image {tuple(batch.shape[-2:])} is smaller than the patch size {p} of "
+                             f"{self.spec.name}; use a larger load_size")
+        if not batch.is_floating_point():
+            raise InputError(f"batch: expected float32, got {batch.dtype}; use Extractor.preprocess")
+        return batch.float()

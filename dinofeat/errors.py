@@ -1,0 +1,22 @@
+"""Exceptions raised at dinofeat's public boundary.
+
+Every user-facing error names the argument or file, what was expected, what was given and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class DinofeatError(Exception):
+    """Base class of every error dinofeat raises on purpose."""
+
+
+class InputError(DinofeatError, ValueError):
+    """A user-supplied argument, array or image is not what the call expects."""
+
+
+class WeightsError(DinofeatError):
+    """A checkpoint cannot be found, downloaded, verified or mapped onto the model."""
+
+
+class BackendUnavailableError(DinofeatError, RuntimeError):
+    """A backend or kernel implementation needs a package or a device that is not present."""

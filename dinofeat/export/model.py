@@ -1,0 +1,311 @@
+"""The strided DINO-family ViT with facet and saliency outputs, as a plain export-clean `nn.Module`.
+
+Parameter names follow the official DINO / DINOv2 checkpoints (`cls_token`, `pos_embed`, `patch_embed.proj`,
+`blocks.{i}.norm1|attn.qkv|attn.proj|norm2|mlp.fc1|mlp.fc2|ls1.gamma|ls2.gamma`, `register_tokens`, `norm`), so
+an official state dict loads without renaming. One forward computes exactly what a request needs:
+
+* facet ``key|query|value`` of block L = the block's qkv Linear applied to norm1 of its input (the original's
+  hook), laid out (B, T, C) with channel index ``d * num_heads + h`` (SEMANTICS §4), prefix tokens dropped;
+* facet ``token`` of block L = the block's output (B, T, D), natural channel order;
+* saliency = the CLS query's attention row over the patch keys in the last block, averaged over the model's
+  saliency heads and min-max normalised per image (SEMANTICS §5); only that row is computed.
+
+Blocks past the deepest request are not run. Blocks that are run in full use fused attention (SDPA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..zoo import FACETS, ModelSpec
+from .posembed import grid_size, interpolate_pos_embed
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one forward must produce: facets as (layer, facet) pairs, and whether to add saliency."""
+
+    facets: tuple[tuple[int, str], ...] = ((9, "key"),)
+    saliency: bool = False
+
+    def output_names(self) -> list[str]:
+        names = [output_name(layer, facet) for layer, facet in self.facets]
+        return names + (["saliency"] if self.saliency else [])
+
+
+def output_name(layer: int, facet: str) -> str:
+    return f"{facet}{layer}"
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, embed_dim: int, stride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3D) -> (3, B, heads, N, head_dim), as the original reshapes it."""
+        b, n, _ = qkv.shape
+        return qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                num_prefix: int = 1) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.split_qkv(self.qkv(x)).unbind(0)
+        if rope is not None:
+            q, k = apply_rope(q, rope, num_prefix), apply_rope(k, rope, num_prefix)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def cls_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      num_prefix: int = 1) -> torch.Tensor:
+        """Post-softmax attention of the CLS query over all keys: (B, heads, N). Computes only q of token 0."""
+        b, n, d = x.shape
+        w_q, w_k = self.qkv.weight[:d], self.qkv.weight[d : 2 * d]
+        b_q = self.qkv.bias[:d] if self.qkv.bias is not None else None
+        b_k = self.qkv.bias[d : 2 * d] if self.qkv.bias is not None else None
+        q = F.linear(x[:, :1], w_q, b_q).reshape(b, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = F.linear(x, w_k, b_k).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            k = apply_rope(k, rope, num_prefix)  # the CLS query is a prefix token: never rotated
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        return attn.softmax(dim=-1)[:, :, 0]
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], num_prefix: int) -> torch.Tensor:
+    """Rotate the patch tokens of (B, heads, N, hd) by (sin, cos) of shape (T, hd); prefix tokens untouched."""
+    sin, cos = rope
+    prefix, patches = x[:, :, :num_prefix], x[:, :, num_prefix:]
+    x1, x2 = patches.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    patches = patches * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat([prefix, patches], dim=2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf form, as DINO
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """DINOv2's SwiGLUFFNFused: w12 (D -> 2H), silu(x1) * x2, w3 (H -> D); H rounded up to a multiple of 8."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class SwiGLUv3(nn.Module):
+    """DINOv3's SwiGLU FFN: w1, w2 (D -> H), silu(w1 x) * w2 x, w3 (H -> D); H rounded up to a multiple of 8."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(dim, hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        dim = spec.embed_dim
+        hidden = int(dim * spec.mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=spec.norm_eps)
+        self.attn = Attention(dim, spec.num_heads, spec.qkv_bias)
+        self.ls1 = LayerScale(dim) if spec.layerscale else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=spec.norm_eps)
+        ffn = {"mlp": Mlp, "swiglu": SwiGLU, "swiglu_dinov3": SwiGLUv3}[spec.ffn]
+        self.mlp = ffn(dim, hidden)
+        self.ls2 = LayerScale(dim) if spec.layerscale else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope=None, num_prefix: int = 1) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope, num_prefix))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class StridedViT(nn.Module):
+    """A DINO / DINOv2 / DINOv3 ViT whose patch embedding runs at `stride` (any divisor of the patch size)."""
+
+    def __init__(self, spec: ModelSpec, stride: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.stride = spec.patch_size if stride is None else int(stride)
+        dim = spec.embed_dim
+        self.patch_embed = PatchEmbed(spec.patch_size, dim, self.stride)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if spec.pos == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.pos_grid**2, dim))
+        if spec.family == "dinov2":
+            self.mask_token = nn.Parameter(torch.zeros(1, dim))  # in the official layout; unused at inference
+        if spec.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(1, spec.num_register_tokens, dim))
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
+        self.norm = nn.LayerNorm(dim, eps=spec.norm_eps)
+        heads = spec.saliency_heads if spec.saliency_heads is not None else tuple(range(spec.num_heads))
+        self.saliency_heads = list(heads)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    # ---- positions -------------------------------------------------------------------------------------
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return grid_size(height, width, self.spec.patch_size, self.stride)
+
+    def position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """(1, 1 + T, D) learned positions for this size, resampled once and cached (SEMANTICS §3)."""
+        key = (height, width)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = interpolate_pos_embed(
+                self.pos_embed, 1, height, width, self.spec.patch_size, self.stride
+            )
+        return self._pos_cache[key]
+
+    def rope_embedding(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sin, cos) of shape (T, head_dim) for DINOv3's 2-D RoPE on this grid."""
+        rows, cols = self.grid(height, width)
+        return rope_sincos(rows, cols, self.spec.head_dim, self.spec.rope_base,
+                           self.spec.patch_size / self.stride)
+
+    def clear_caches(self) -> None:
+        self._pos_cache.clear()
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, request: Request, pos: torch.Tensor | None = None,
+                         rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Run blocks up to the deepest request and return the requested outputs in `request` order.
+
+        Args:
+            x: (B, 3, H, W) normalised images.
+            pos: (1, 1 + T, D) position table for (H, W) (learned positions); looked up when None.
+            rope: (sin, cos) for (H, W) (RoPE models); computed when None.
+        """
+        spec = self.spec
+        height, width = x.shape[-2:]
+        npre = spec.num_prefix_tokens
+        tokens = self.patch_embed(x)
+        b = tokens.shape[0]
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
+        if spec.pos == "learned":
+            if pos is None:
+                pos = self.position_embedding(int(height), int(width)).to(tokens.device)
+            tokens = tokens + pos.to(tokens.dtype)
+        elif rope is None:
+            rope = tuple(t.to(tokens.device) for t in self.rope_embedding(int(height), int(width)))
+        if spec.num_register_tokens:
+            regs = self.register_tokens.expand(b, -1, -1).to(tokens.dtype)
+            tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
+
+        wanted: dict[int, list[str]] = {}
+        for layer, facet in request.facets:
+            wanted.setdefault(layer, []).append(facet)
+        last = max(wanted, default=-1)
+        if request.saliency:
+            last = spec.depth - 1
+        results: dict[str, torch.Tensor] = {}
+        for i in range(last + 1):
+            block = self.blocks[i]
+            facets = wanted.get(i, [])
+            qkv_facets = [f for f in facets if f != "token"]
+            full = i < last or "token" in facets
+            if qkv_facets:
+                qkv = block.attn.split_qkv(block.attn.qkv(block.norm1(tokens)))
+                for facet in qkv_facets:
+                    results[output_name(i, facet)] = self._layout(qkv[("query", "key", "value").index(facet)], npre)
+            if request.saliency and i == spec.depth - 1:
+                attn = block.attn.cls_attention(block.norm1(tokens), rope, npre)  # (B, heads, N)
+                results["saliency"] = _minmax(attn[:, self.saliency_heads, npre:].mean(dim=1))
+            if full:
+                tokens = block(tokens, rope, npre)
+                if "token" in facets:
+                    results[output_name(i, "token")] = tokens[:, npre:]
+        return [results[name] for name in request.output_names()]
+
+    @staticmethod
+    def _layout(t: torch.Tensor, num_prefix: int) -> torch.Tensor:
+        """(B, heads, N, hd) -> (B, T, hd * heads) with channel d * heads + h, prefix tokens dropped."""
+        b, h, _, d = t.shape
+        return t[:, :, num_prefix:].permute(0, 2, 3, 1).reshape(b, -1, d * h)
+
+
+def _minmax(a: torch.Tensor) -> torch.Tensor:
+    """Per-image (a - min) / (max - min), no epsilon, as the original (a constant map gives NaN)."""
+    lo = a.min(dim=-1, keepdim=True).values
+    hi = a.max(dim=-1, keepdim=True).values
+    return (a - lo) / (hi - lo)
+
+
+def rope_sincos(rows: int, cols: int, head_dim: int, base: float, step: float = 1.0):
+    """DINOv3 2-D RoPE: patch centres normalised to [-1, 1] per axis; head_dim/4 periods per axis.
+
+    `step` < 1 would shrink spacing; coordinates are normalised by the grid size, so a denser grid (stride < patch)
+    just samples the same continuous positions more finely and needs no table resampling.
+    """
+    n_freq = head_dim // 4
+    periods = base ** (2 * torch.arange(n_freq, dtype=torch.float32) / (head_dim // 2))
+    ys = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows * 2 - 1
+    xs = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols * 2 - 1
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2)
+    angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]  # (T, 2, n_freq)
+    angles = angles.flatten(1).tile(2)  # (T, head_dim)
+    del step
+    return torch.sin(angles), torch.cos(angles)
+
+
+def check_request(spec: ModelSpec, layers, facet: str) -> tuple[int, ...]:
+    """Validate layer(s)/facet for `spec`; return layers as non-negative ints."""
+    from ..errors import InputError
+
+    if facet not in FACETS:
+        raise InputError(f"facet={facet!r} is not supported; choose one of {', '.join(FACETS)}")
+    seq = (layers,) if isinstance(layers, int) else tuple(layers)
+    out = []
+    for layer in seq:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -spec.depth <= layer < spec.depth:
+            raise InputError(
+                f"layer={layer!r} is out of range for {spec.name} ({spec.depth} blocks): use 0..{spec.depth - 1} "
+                f"(or negative from the end)"
+            )
+        out.append(layer % spec.depth)
+    if not out:
+        raise InputError("layer=[] names no layer; pass an int such as 9 or a list of ints")
+    return tuple(out)

@@ -1,0 +1,172 @@
+"""Array-kind plumbing shared by the kernel entry points: detect, validate, convert, convert back.
+
+Kinds: ``"numpy"`` (numpy.ndarray), ``"torch"`` (torch.Tensor on any device) and ``"cupy"`` (cupy.ndarray).
+CuPy is never imported here unless the caller already passed a CuPy array.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+FLOAT_NAMES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an input came from, so that results can be handed back the same way."""
+
+    kind: str  # "numpy" | "torch" | "cupy"
+    device: object = None  # torch.device for torch inputs
+    on_gpu: bool = False
+
+
+def array_kind(x) -> str | None:
+    """``"numpy"``, ``"torch"``, ``"cupy"`` or None for anything else (lists are not accepted)."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if isinstance(x, torch.Tensor):
+        return "torch"
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(x, cp.ndarray):
+        return "cupy"
+    return None
+
+
+def origin_of(name: str, x) -> Origin:
+    kind = array_kind(x)
+    if kind is None:
+        raise InputError(
+            f"{name} must be a numpy array, a torch tensor or a CuPy array, got {type(x).__module__}."
+            f"{type(x).__qualname__}; convert it with numpy.asarray(...) first"
+        )
+    if kind == "torch":
+        return Origin("torch", x.device, x.device.type == "cuda")
+    return Origin(kind, None, kind == "cupy")
+
+
+def dtype_name(x) -> str:
+    """Canonical dtype name (``"float32"``, ``"bfloat16"``, ``"int64"``...) of any supported array."""
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype).removeprefix("torch.")
+    return str(x.dtype)
+
+
+def check_float(name: str, x) -> str:
+    dt = dtype_name(x)
+    if dt not in FLOAT_NAMES:
+        raise InputError(
+            f"{name} must be a floating array (float32, float16, bfloat16 or float64), got dtype {dt}; "
+            f"cast it, e.g. {name}.astype('float32') / {name}.float()"
+        )
+    return dt
+
+
+def check_ndim(name: str, x, allowed: tuple[int, ...], layout: str) -> None:
+    if x.ndim not in allowed:
+        raise InputError(
+            f"{name} must have shape {layout} ({' or '.join(f'{n}-D' for n in allowed)}), "
+            f"got {x.ndim}-D shape {tuple(x.shape)}"
+        )
+
+
+def check_finite(name: str, x) -> None:
+    """Raise InputError naming the first row that holds a NaN or an Inf. x: (..., C)."""
+    kind = array_kind(x)
+    if (x.numel() if kind == "torch" else x.size) == 0:
+        return
+    if kind == "torch":
+        bad_rows = ~torch.isfinite(x).all(dim=-1)
+        if not bool(bad_rows.any()):
+            return
+        where = tuple(int(v) for v in torch.nonzero(bad_rows)[0].tolist())
+        row = x[where]
+        what = "NaN" if bool(torch.isnan(row).any()) else "Inf"
+    else:
+        xp = np if kind == "numpy" else sys.modules["cupy"]
+        bad_rows = ~xp.isfinite(x).all(axis=-1)
+        if not bool(bad_rows.any()):
+            return
+        where = tuple(int(v[0]) for v in xp.nonzero(bad_rows))
+        what = "NaN" if bool(xp.isnan(x[where]).any()) else "Inf"
+    loc = f"row {where[-1]}" if len(where) == 1 else f"batch {where[0]}, row {where[-1]}"
+    raise InputError(
+        f"{name} contains {what} at {loc}; check the input (descriptors must be finite, e.g. the backbone "
+        "ran in float16 and overflowed, or an image was empty)"
+    )
+
+
+# ---------------------------------------------------------------- conversions between kinds
+
+
+def to_torch(x, origin: Origin) -> torch.Tensor:
+    if origin.kind == "torch":
+        return x
+    if origin.kind == "numpy":
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.from_dlpack(x)  # cupy -> torch CUDA, zero-copy
+
+
+def from_torch(t: torch.Tensor, origin: Origin):
+    if origin.kind == "torch":
+        return t.to(origin.device) if t.device != origin.device else t
+    if origin.kind == "numpy":
+        return t.detach().cpu().numpy()
+    import cupy as cp
+
+    return cp.from_dlpack(t.detach())
+
+
+def to_numpy_f32(x, origin: Origin) -> np.ndarray:
+    """Host float32 C-contiguous copy/view of x (float16/bfloat16/float64 are converted)."""
+    if origin.kind == "torch":
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        return np.ascontiguousarray(x.numpy())
+    if origin.kind == "cupy":
+        import cupy as cp
+
+        x = cp.asnumpy(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def from_numpy(a: np.ndarray, origin: Origin):
+    """Hand a host result back as the caller's kind and device (same dtype as ``a``)."""
+    if origin.kind == "numpy":
+        return a
+    if origin.kind == "torch":
+        t = torch.from_numpy(a)
+        return t.to(origin.device) if origin.device.type != "cpu" else t
+    import cupy as cp
+
+    return cp.asarray(a)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def resolve_out_dtype(out_dtype, in_name: str, origin: Origin) -> str:
+    """Canonical name of the output dtype of log_bin (default: the input's, float64 -> float32)."""
+    if out_dtype is None:
+        name = "float32" if in_name == "float64" else in_name
+    elif isinstance(out_dtype, torch.dtype):
+        name = str(out_dtype).removeprefix("torch.")
+    else:
+        try:
+            name = str(np.dtype(out_dtype))
+        except TypeError:
+            name = str(out_dtype)
+    if name not in ("float32", "float16", "bfloat16"):
+        raise InputError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype!r}")
+    if name == "bfloat16" and origin.kind != "torch":
+        raise InputError(f"out_dtype bfloat16 needs torch tensors ({origin.kind} has no bfloat16); use float32")
+    return name

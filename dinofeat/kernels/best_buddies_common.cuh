@@ -1,0 +1,36 @@
+// Host/device-shared logic of Best Buddies: order-preserving packed (value, index) keys.
+//
+// pack_key(v, i) = (ordered_bits(v) << 32) | (0xFFFFFFFF - i): comparing keys as unsigned 64-bit integers
+// compares values first (total order of floats, -0 folded onto +0) and, on equal values, prefers the LOWEST
+// index. So atomicMax over keys computes (max, first argmax), the tie rule of torch.max. Key 0 is below every
+// real key (even -inf) and marks "nothing seen yet".
+#pragma once
+
+#include "dtype_common.cuh"
+
+namespace dinofeat {
+
+// torch CosineSimilarity eps: rows are divided by max(||x||, eps).
+#define DF_COS_EPS 1e-8f
+
+DF_HD inline unsigned int ordered_bits(float v) {
+  unsigned int u = float_bits(v);
+  if ((u & 0x7fffffffu) == 0u) u = 0u;  // -0 == +0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+DF_HD inline float ordered_bits_to_float(unsigned int k) {
+  return bits_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+DF_HD inline u64 pack_key(float v, unsigned int index) {
+  return (static_cast<u64>(ordered_bits(v)) << 32) | static_cast<u64>(0xffffffffu - index);
+}
+
+DF_HD inline unsigned int key_index(u64 key) { return 0xffffffffu - static_cast<unsigned int>(key & 0xffffffffull); }
+
+DF_HD inline float key_value(u64 key) { return ordered_bits_to_float(static_cast<unsigned int>(key >> 32)); }
+
+DF_HD inline u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
+
+}  // namespace dinofeat

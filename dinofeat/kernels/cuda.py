@@ -1,0 +1,284 @@
+"""CUDA implementation of the kernels through CuPy ``RawModule`` (NVRTC), launched on the caller's stream.
+
+The module source is ``log_bin.cu`` + ``best_buddies.cu`` with their ``#include "*.cuh"`` lines inlined, so the
+CuPy on-disk kernel cache (keyed on source text and options) sees every header change. It is compiled once per
+process (:func:`module`), templates instantiated through ``name_expressions``. :func:`module_spec` returns the
+(source, options, name expressions) triple, which the NVRTC compile test reuses.
+
+torch CUDA tensors are exchanged with CuPy zero-copy through DLPack and the work is queued on
+``torch.cuda.current_stream()``; CuPy arrays use CuPy's current stream. CuPy is imported lazily.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from . import _arrays as A
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCES = ("log_bin.cu", "best_buddies.cu")
+OPTIONS = ("-std=c++17",)
+
+# dtype name -> C++ type in the kernels; cupy storage dtype (bfloat16 is carried as uint16 bits)
+CXX_TYPES = {"float32": "float", "float16": "dinofeat::f16", "bfloat16": "dinofeat::bf16"}
+STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+GEMM_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+LOG_BIN_THREADS = 128  # power of two <= DF_LOG_BIN_MAX_THREADS
+BB_THREADS = 256  # power of two <= DF_BB_MAX_THREADS
+BB_TILE_ROWS = 32  # == DF_BB_TILE_ROWS
+GRID_CAP = 1 << 20  # grid-stride kernels never need more blocks than this
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def _inline(name: str, seen: set[str]) -> str:
+    if name in seen:  # every header is #pragma once
+        return ""
+    seen.add(name)
+    text = (KERNEL_DIR / name).read_text()
+    text = text.replace("#pragma once\n", "")
+    return _INCLUDE.sub(lambda m: _inline(m.group(1), seen), text)
+
+
+def assemble_source() -> str:
+    """Single self-contained CUDA source of all kernels (local ``#include "..."`` lines inlined)."""
+    seen: set[str] = set()
+    return "\n".join(f"// ---- {s}\n" + _inline(s, seen) for s in SOURCES)
+
+
+def name_expressions() -> list[str]:
+    """Every kernel instantiation the Python side launches, as NVRTC name expressions."""
+    types = list(CXX_TYPES.values())
+    names = [f"dinofeat::log_bin_hsum<{t}>" for t in types]
+    names += [f"dinofeat::log_bin_fused<{ti}, {to}>" for ti in types for to in types]
+    names += [f"dinofeat::bb_row_norm<{t}>" for t in types]
+    names += [f"dinofeat::bb_normalize<{ti}, {to}>" for ti in types for to in types]
+    names += ["dinofeat::bb_epilogue", "dinofeat::bb_unpack_keys", "dinofeat::bb_mutual"]
+    return names
+
+
+def module_spec() -> tuple[str, tuple[str, ...], list[str]]:
+    """``(code, options, name_expressions)`` exactly as passed to ``cupy.RawModule``."""
+    return assemble_source(), OPTIONS, name_expressions()
+
+
+def _cupy():
+    try:
+        import cupy as cp
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise BackendUnavailableError(
+            f"impl='cuda' needs CuPy (pip install 'dinofeat[gpu]' / cupy-cuda12x): {e}"
+        ) from e
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError, missing driver library...
+        raise BackendUnavailableError(f"no CUDA GPU: CuPy cannot reach a device ({e})") from e
+    if n < 1:
+        raise BackendUnavailableError("no CUDA GPU: cupy.cuda.runtime.getDeviceCount() is 0")
+    return cp
+
+
+@functools.cache
+def _module_for_device(device_id: int):
+    cp = _cupy()
+    code, options, names = module_spec()
+    with cp.cuda.Device(device_id):
+        mod = cp.RawModule(code=code, options=options, name_expressions=names)
+        mod.compile()
+    return mod
+
+
+def module():
+    """The compiled ``cupy.RawModule`` for the current device (compiled once per process and device)."""
+    cp = _cupy()
+    return _module_for_device(cp.cuda.Device().id)
+
+
+def kernel(name: str):
+    return module().get_function(name)
+
+
+def _grid(n: int, block: int) -> int:
+    return int(max(1, min((n + block - 1) // block, GRID_CAP)))
+
+
+# ---------------------------------------------------------------------------- array exchange
+
+
+class _Device:
+    """Context: the CuPy device + stream matching where the caller's data lives."""
+
+    def __init__(self, x, origin: A.Origin):
+        self.cp = _cupy()
+        self.origin = origin
+        self.stream = None
+        self.device = None
+        if origin.kind == "torch" and origin.on_gpu:
+            import torch
+
+            self.device = self.cp.cuda.Device(x.device.index)
+            self.stream = self.cp.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream,
+                                                      x.device.index)
+
+    def __enter__(self):
+        if self.device is not None:
+            self.device.__enter__()
+            self.stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device is not None:
+            self.stream.__exit__(*exc)
+            self.device.__exit__(*exc)
+
+    def to_cupy(self, x, dtype_name: str):
+        """(cupy array in storage dtype, dtype name after the float64 -> float32 cast)."""
+        cp, o = self.cp, self.origin
+        if o.kind == "torch":
+            import torch
+
+            if not o.on_gpu:
+                x = x.cuda()
+            if x.dtype == torch.bfloat16:
+                return cp.from_dlpack(x.view(torch.int16)).view(cp.uint16), "bfloat16"
+            arr = cp.from_dlpack(x)
+        elif o.kind == "numpy":
+            arr = cp.asarray(x)
+        else:
+            arr = x
+        if arr.dtype == cp.float64:
+            arr, dtype_name = arr.astype(cp.float32), "float32"
+        return cp.ascontiguousarray(arr), dtype_name
+
+    def back(self, arr, dtype_name: str | None = None):
+        """Return a CuPy result as the caller's kind and device."""
+        o = self.origin
+        if o.kind == "cupy":
+            return arr
+        if o.kind == "numpy":
+            return self.cp.asnumpy(arr)
+        import torch
+
+        if dtype_name == "bfloat16":
+            t = torch.from_dlpack(arr.view(self.cp.int16)).view(torch.bfloat16)
+        else:
+            t = torch.from_dlpack(arr)
+        return t if o.on_gpu else t.to(o.device)
+
+
+# --------------------------------------------------------------------------------------- log_bin
+
+
+def log_bin_any(desc, origin: A.Origin, in_name: str, num_patches, hierarchy: int, out_name: str,
+                return_norm: bool):
+    """log_bin on the GPU for a validated (B, T, C) array of any kind; returns (out, norm | None)."""
+    with _Device(desc, origin) as dev:
+        x, in_name = dev.to_cupy(desc, in_name)
+        out, norm = log_bin_cupy(x, in_name, num_patches, hierarchy, out_name, return_norm)
+        return dev.back(out, out_name), (dev.back(norm) if return_norm else None)
+
+
+def log_bin_cupy(x, in_name: str, num_patches, hierarchy: int, out_name: str, return_norm: bool):
+    """Launch the log-bin kernels on CuPy's current stream. x: (B, T, C) contiguous cupy array."""
+    cp = _cupy()
+    b, t, c = (int(v) for v in x.shape)
+    hp, wp = num_patches
+    nb = 1 + 8 * hierarchy
+    out = cp.empty((b, t, nb * c), dtype=STORAGE[out_name])
+    norm = cp.empty((b, t) if return_norm else (1,), dtype=cp.float32)
+    n_h = (hierarchy - 1) * b * t * c
+    hsum = cp.empty((max(n_h, 1),), dtype=cp.float32)
+    ti, to = CXX_TYPES[in_name], CXX_TYPES[out_name]
+    i32 = np.int32
+    if n_h:
+        kernel(f"dinofeat::log_bin_hsum<{ti}>")(
+            (_grid(n_h, 256),), (256,), (x, hsum, i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy)))
+    kernel(f"dinofeat::log_bin_fused<{ti}, {to}>")(
+        (int(min(b * t, GRID_CAP)),), (LOG_BIN_THREADS,),
+        (x, hsum, out, norm, i32(return_norm), i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy)))
+    return out, (norm if return_norm else None)
+
+
+# ---------------------------------------------------------------------------------- best_buddies
+
+
+def best_buddies_any(desc1, desc2, origin: A.Origin, precision: str, chunk: int | None):
+    """best_buddies on the GPU for validated (T1, C), (T2, C) arrays of any kind (T1, T2 > 0)."""
+    with _Device(desc1, origin) as dev:
+        x1, n1 = dev.to_cupy(desc1, A.dtype_name(desc1))
+        x2, n2 = dev.to_cupy(desc2, A.dtype_name(desc2))
+        res = best_buddies_cupy(x1, n1, x2, n2, precision, chunk)
+        return tuple(dev.back(r) for r in res)
+
+
+def _normalized(x, in_name: str, gemm_name: str):
+    cp = _cupy()
+    rows, c = (int(v) for v in x.shape)
+    norms = cp.empty((rows,), dtype=cp.float32)
+    kernel(f"dinofeat::bb_row_norm<{CXX_TYPES[in_name]}>")(
+        (int(min(rows, GRID_CAP)),), (BB_THREADS,), (x, norms, np.int64(rows), np.int32(c)))
+    out = cp.empty((rows, c), dtype=STORAGE[gemm_name])
+    kernel(f"dinofeat::bb_normalize<{CXX_TYPES[in_name]}, {CXX_TYPES[gemm_name]}>")(
+        (_grid(rows * c, 256),), (256,), (x, norms, out, np.int64(rows), np.int32(c)))
+    return out
+
+
+def _gemm_nt(a, b, out, gemm_name: str):
+    """out (m, n) fp32 = a (m, k) @ b (n, k).T, all row-major; fp16/bf16 inputs accumulate in fp32."""
+    cp = _cupy()
+    if gemm_name == "float32":
+        return cp.matmul(a, b.T, out=out)
+    from cupy_backends.cuda.libs import cublas
+
+    m, k = (int(v) for v in a.shape)
+    n = int(b.shape[0])
+    dtype = {"float16": 2, "bfloat16": 14}[gemm_name]  # CUDA_R_16F, CUDA_R_16BF
+    one = np.array(1.0, dtype=np.float32)
+    zero = np.array(0.0, dtype=np.float32)
+    handle = cp.cuda.device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:  # column-major view: out.T (n x m) = b (k x n)^T @ a (k x m)
+        cublas.gemmEx(handle, 1, 0, n, m, k, one.ctypes.data, b.data.ptr, dtype, k, a.data.ptr, dtype, k,
+                      zero.ctypes.data, out.data.ptr, 0, n, 68, -1)  # CUDA_R_32F, CUBLAS_COMPUTE_32F, DEFAULT
+    finally:
+        cublas.setPointerMode(handle, mode)
+    return out
+
+
+def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int | None):
+    """Chunked Best Buddies on CuPy's current stream; returns (nn_1, sim_1, nn_2, sim_2, mask) cupy arrays."""
+    cp = _cupy()
+    t1, t2 = int(x1.shape[0]), int(x2.shape[0])
+    gemm_name = GEMM_DTYPE[precision]
+    a = _normalized(x1, name1, gemm_name)  # rows normalised once
+    b = _normalized(x2, name2, gemm_name)
+    step = int(chunk) if chunk else int(max(BB_TILE_ROWS, min(t1, DEFAULT_CHUNK_BYTES // (4 * t2))))
+    buf = cp.empty((min(step, t1), t2), dtype=cp.float32)
+    row_keys = cp.zeros((t1,), dtype=cp.uint64)
+    col_keys = cp.zeros((t2,), dtype=cp.uint64)
+    dummy = cp.empty((1,), dtype=cp.float32)
+    epi = kernel("dinofeat::bb_epilogue")
+    for i0 in range(0, t1, step):
+        rows = min(step, t1 - i0)
+        s = _gemm_nt(a[i0 : i0 + rows], b, buf[:rows], gemm_name)
+        grid = ((t2 + BB_THREADS - 1) // BB_THREADS, (rows + BB_TILE_ROWS - 1) // BB_TILE_ROWS)
+        epi(grid, (BB_THREADS,), (s, np.int64(t2), np.int32(rows), np.int32(t2), np.int64(i0), dummy, dummy,
+                                  np.int32(0), row_keys, col_keys))
+    nn_1 = cp.empty((t1,), dtype=cp.int64)
+    sim_1 = cp.empty((t1,), dtype=cp.float32)
+    nn_2 = cp.empty((t2,), dtype=cp.int64)
+    sim_2 = cp.empty((t2,), dtype=cp.float32)
+    unpack = kernel("dinofeat::bb_unpack_keys")
+    unpack((_grid(t1, 256),), (256,), (row_keys, np.int64(t1), nn_1, sim_1))
+    unpack((_grid(t2, 256),), (256,), (col_keys, np.int64(t2), nn_2, sim_2))
+    mask = cp.empty((t1,), dtype=cp.bool_)
+    kernel("dinofeat::bb_mutual")((_grid(t1, 256),), (256,), (nn_1, nn_2, np.int64(t1), mask))
+    return nn_1, sim_1, nn_2, sim_2, mask

@@ -1,0 +1,272 @@
+"""Public, checking entry points of the kernels: ``log_bin`` and ``best_buddies``.
+
+Every check on user input happens here, once; the implementations (``reference``, ``cpu``, ``cuda``) receive
+validated, contiguous arrays. Results come back as the caller's array kind on the caller's device.
+
+``impl``:
+    * ``"auto"`` (default): numpy / torch-CPU inputs -> ``"cpu"`` if ``dinofeat._native`` imports, else
+      ``"reference"``; torch-CUDA / CuPy inputs -> ``"cuda"``.
+    * ``"reference"``: plain torch (:mod:`dinofeat.kernels.reference`) on the input's device.
+    * ``"cpu"``: the C++ extension ``dinofeat._native`` (device inputs are copied to the host and back).
+    * ``"cuda"``: CuPy ``RawModule`` kernels (host inputs are copied to the current GPU and back).
+
+Dtypes: float32, float16, bfloat16 (torch only) and float64. float64 is accepted and **cast to float32**
+(all implementations compute in float32, as the original does); the log_bin output then defaults to float32.
+Non-contiguous inputs are made contiguous (a copy), never rejected.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, InputError
+from . import _arrays as A
+from . import reference
+
+IMPLS = ("auto", "reference", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+MAX_HIERARCHY = 12  # 3**11 still fits comfortably in 32-bit offsets
+
+
+class BestBuddies(NamedTuple):
+    """Result of :func:`best_buddies`; unpacks as ``nn_1, sim_1, nn_2, sim_2, mask``.
+
+    Attributes:
+        nn_1: (T1,) int64, ``argmax_j S[i, j]`` (lowest j on ties; -1 when T2 == 0).
+        sim_1: (T1,) float32, ``max_j S[i, j]`` (-inf when T2 == 0).
+        nn_2: (T2,) int64, ``argmax_i S[i, j]`` (lowest i on ties; -1 when T1 == 0).
+        sim_2: (T2,) float32, ``max_i S[i, j]`` (-inf when T1 == 0).
+        mask: (T1,) bool, ``nn_2[nn_1[i]] == i`` (False when T2 == 0).
+    """
+
+    nn_1: object
+    sim_1: object
+    nn_2: object
+    sim_2: object
+    mask: object
+
+
+@functools.cache
+def native_available() -> bool:
+    """True if the compiled extension ``dinofeat._native`` imports."""
+    try:
+        from .. import _native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_impl(impl: str, origin: A.Origin) -> str:
+    if impl not in IMPLS:
+        raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if origin.on_gpu:
+        return "cuda"
+    return "cpu" if native_available() else "reference"
+
+
+def _as_int(name: str, v) -> int:
+    if isinstance(v, bool):
+        raise InputError(f"{name} must be an integer, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise InputError(f"{name} must be an integer, got {v!r}") from None
+
+
+def _check_num_patches(num_patches, t: int, shape) -> tuple[int, int]:
+    try:
+        vals = [num_patches[0], num_patches[1]]
+        n = len(num_patches)
+    except (TypeError, IndexError, KeyError):
+        raise InputError(f"num_patches must be a pair (Hp, Wp), got {num_patches!r}") from None
+    if n != 2:
+        raise InputError(f"num_patches must be a pair (Hp, Wp), got {n} values: {num_patches!r}")
+    hp, wp = (_as_int("num_patches", v) for v in vals)
+    if hp < 0 or wp < 0:
+        raise InputError(f"num_patches must be non-negative, got (Hp, Wp) = ({hp}, {wp})")
+    if hp * wp != t:
+        raise InputError(
+            f"num_patches (Hp, Wp) = ({hp}, {wp}) gives Hp*Wp = {hp * wp} cells, but desc has T = {t} tokens "
+            f"(desc shape {tuple(shape)}); pass the patch grid the descriptors were extracted on"
+        )
+    return hp, wp
+
+
+def _contiguous(x, origin: A.Origin):
+    if origin.kind == "torch":
+        return x.contiguous()
+    if origin.kind == "numpy":
+        return np.ascontiguousarray(x)
+    import cupy as cp
+
+    return cp.ascontiguousarray(x)
+
+
+# ------------------------------------------------------------------------------------------- log_bin
+
+
+def log_bin(desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_norm: bool = False,
+            impl: str = "auto"):
+    """Log-binned dense descriptors (the original ``_log_bin``), for a batch of token maps.
+
+    Every output row concatenates ``1 + 8 h`` spatial bins of C channels: for level k in 0..h-1 and offsets
+    ``dy, dx`` in ``(-3**k, 0, 3**k)`` (dy outer, skipping the centre for k > 0), the ``3**k``-box average
+    (valid-count normalised) of the map at the clamped cell ``(y + dy, x + dx)``.
+
+    Args:
+        desc: (B, T, C) or (T, C) descriptors, tokens row-major over the grid; numpy, torch (CPU/CUDA) or CuPy;
+            float32, float16, bfloat16 (torch) or float64 (cast to float32).
+        num_patches: (Hp, Wp) with ``Hp * Wp == T``.
+        hierarchy: number of levels h >= 1 (the original uses 2: 17 bins).
+        out_dtype: float32, float16 or bfloat16 (torch only); default: the input dtype (float64 -> float32).
+        return_norm: also return the L2 norm of every output row, float32 (computed in float32 before the cast).
+        impl: "auto" | "reference" | "cpu" | "cuda" (see module docstring).
+
+    Returns:
+        (B, T, C * (1 + 8 h)) (or (T, C * (1 + 8 h)) for 2-D input), index ``bin * C + c``, same array kind and
+        device as ``desc``; with ``return_norm`` a tuple ``(binned, norm)`` with norm (B, T) (or (T,)).
+
+    Raises:
+        InputError: wrong type, ndim, dtype, ``Hp * Wp != T``, bad hierarchy/out_dtype/impl, NaN or Inf.
+        BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
+    """
+    origin = A.origin_of("desc", desc)
+    A.check_ndim("desc", desc, (2, 3), "(B, T, C) or (T, C)")
+    in_name = A.check_float("desc", desc)
+    squeeze = desc.ndim == 2
+    if squeeze:
+        desc = desc[None]
+    b, t, c = (int(v) for v in desc.shape)
+    hp, wp = _check_num_patches(num_patches, t, desc.shape[1:] if squeeze else desc.shape)
+    if isinstance(hierarchy, bool) or not isinstance(hierarchy, (int, np.integer)) or not \
+            1 <= int(hierarchy) <= MAX_HIERARCHY:
+        raise InputError(f"hierarchy must be an integer in 1..{MAX_HIERARCHY}, got {hierarchy!r}")
+    hierarchy = int(hierarchy)
+    out_name = A.resolve_out_dtype(out_dtype, in_name, origin)
+    impl = _resolve_impl(impl, origin)
+    A.check_finite("desc", desc)
+    desc = _contiguous(desc, origin)
+
+    if b * t * c == 0:
+        impl = "reference"  # typed empty result, any kind
+    if impl == "reference":
+        x = A.to_torch(desc, origin)
+        if x.dtype == torch.float64:
+            x = x.to(torch.float32)
+        res = reference.log_bin(x, (hp, wp), hierarchy, out_dtype=A.torch_dtype(out_name),
+                                return_norm=return_norm)
+        out, norm = res if return_norm else (res, None)
+        out = A.from_torch(out, origin)
+        norm = A.from_torch(norm, origin) if return_norm else None
+    elif impl == "cpu":
+        from . import cpu
+
+        out, norm = cpu.log_bin(A.to_numpy_f32(desc, origin), (hp, wp), hierarchy, return_norm=return_norm)
+        out = _cast_host(out, out_name, origin)
+        out = A.from_numpy(out, origin) if not isinstance(out, torch.Tensor) else _place(out, origin)
+        norm = A.from_numpy(norm, origin) if norm is not None else None
+    else:
+        from . import cuda
+
+        out, norm = cuda.log_bin_any(desc, origin, in_name, (hp, wp), hierarchy, out_name, return_norm)
+    if squeeze:
+        out = out[0]
+        norm = norm[0] if norm is not None else None
+    return (out, norm) if return_norm else out
+
+
+def _cast_host(out: np.ndarray, out_name: str, origin: A.Origin):
+    if out_name == "float32":
+        return out
+    if out_name == "float16":
+        return out.astype(np.float16)
+    return torch.from_numpy(out).to(torch.bfloat16)  # bfloat16 is only accepted for torch callers
+
+
+def _place(t: torch.Tensor, origin: A.Origin):
+    return t.to(origin.device) if origin.device.type != "cpu" else t
+
+
+# -------------------------------------------------------------------------------------- best_buddies
+
+
+def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = None, impl: str = "auto"):
+    """Best Buddies (mutual nearest neighbours) under cosine similarity, without materialising S.
+
+    ``S = n1 @ n2.T`` with ``n = x / max(||x||_2, 1e-8)`` per row (float32), processed ``chunk`` rows of desc1
+    at a time; memory is O(T1 + T2 + chunk * T2).
+
+    Args:
+        desc1: (T1, C) descriptors of image 1; numpy, torch (CPU/CUDA) or CuPy; float32/float16/bfloat16/float64.
+        desc2: (T2, C) descriptors of image 2, same kind and device as ``desc1``.
+        precision: "fp32" (default, matches the original), "fp16" or "bf16": normalised rows rounded to that
+            type for a faster GEMM, products accumulated in float32.
+        chunk: rows of desc1 per similarity chunk (default: about 4 MB of S on CPU, 256 MB on GPU).
+        impl: "auto" | "reference" | "cpu" | "cuda".
+
+    Returns:
+        :class:`BestBuddies` ``(nn_1 (T1,) int64, sim_1 (T1,) float32, nn_2 (T2,) int64, sim_2 (T2,) float32,
+        mask (T1,) bool)``, same kind and device as the inputs. Ties go to the lowest index (as ``torch.max``).
+        Empty inputs: with T2 == 0, ``nn_1 = -1``, ``sim_1 = -inf``, ``mask = False``; with T1 == 0,
+        ``nn_2 = -1``, ``sim_2 = -inf``.
+
+    Raises:
+        InputError: wrong type/ndim/dtype, different kinds or devices, C mismatch, NaN/Inf, bad precision/chunk.
+        BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
+    """
+    o1 = A.origin_of("desc1", desc1)
+    o2 = A.origin_of("desc2", desc2)
+    if (o1.kind, o1.device) != (o2.kind, o2.device):
+        where1 = o1.device if o1.kind == "torch" else o1.kind
+        where2 = o2.device if o2.kind == "torch" else o2.kind
+        raise InputError(
+            f"desc1 and desc2 must be the same array kind on the same device, got {o1.kind} on {where1} and "
+            f"{o2.kind} on {where2}"
+        )
+    A.check_ndim("desc1", desc1, (2,), "(T1, C)")
+    A.check_ndim("desc2", desc2, (2,), "(T2, C)")
+    A.check_float("desc1", desc1)
+    A.check_float("desc2", desc2)
+    if desc1.shape[1] != desc2.shape[1]:
+        raise InputError(
+            f"desc1 and desc2 must have the same channel count C, got desc1 {tuple(desc1.shape)} (C = "
+            f"{desc1.shape[1]}) and desc2 {tuple(desc2.shape)} (C = {desc2.shape[1]})"
+        )
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if chunk is not None:
+        chunk = _as_int("chunk", chunk)
+        if chunk <= 0:
+            raise InputError(f"chunk must be a positive number of rows or None, got {chunk}")
+    impl = _resolve_impl(impl, o1)
+    A.check_finite("desc1", desc1)
+    A.check_finite("desc2", desc2)
+    desc1 = _contiguous(desc1, o1)
+    desc2 = _contiguous(desc2, o2)
+    t1, t2 = int(desc1.shape[0]), int(desc2.shape[0])
+
+    if t1 == 0 or t2 == 0:
+        impl = "reference"
+    if impl == "reference":
+        x1, x2 = A.to_torch(desc1, o1), A.to_torch(desc2, o2)
+        res = reference.best_buddies(x1, x2, precision=precision, chunk=chunk)
+        return BestBuddies(*(A.from_torch(r, o1) for r in res))
+    if impl == "cpu":
+        from . import cpu
+
+        res = cpu.best_buddies(A.to_numpy_f32(desc1, o1), A.to_numpy_f32(desc2, o2), precision=precision,
+                               chunk=chunk)
+        return BestBuddies(*(A.from_numpy(r, o1) for r in res))
+    from . import cuda
+
+    return BestBuddies(*cuda.best_buddies_any(desc1, desc2, o1, precision, chunk))
+
+
+__all__ = ["BestBuddies", "BackendUnavailableError", "best_buddies", "log_bin", "native_available"]
