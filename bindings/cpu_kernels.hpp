@@ -7,9 +7,10 @@
 namespace dinofeat::cpu {
 
 // in: (batch, hp*wp, channels) float32 row-major; out: (batch, hp*wp, channels*(1+8*hierarchy)) float32;
-// norm: (batch, hp*wp) float32 L2 norm of every output row, or nullptr.
-void log_bin(const float* in, float* out, float* norm, int64_t batch, int hp, int wp, int64_t channels,
-             int hierarchy);
+// norm: (batch, hp*wp) float32 L2 norm of every output row, or nullptr;
+// workspace: (hierarchy-1) * batch * hp*wp * channels floats (the box-averaged maps), unused for hierarchy 1.
+void log_bin(const float* in, float* out, float* norm, float* workspace, int64_t batch, int hp, int wp,
+             int64_t channels, int hierarchy);
 
 // norms[r] = max(||x_r||_2, 1e-8) for x: (rows, channels) float32 (sum of squares in double).
 void row_norms(const float* x, float* norms, int64_t rows, int64_t channels);

@@ -75,10 +75,12 @@ def _dinov2(size: str, dim: int, depth: int, heads: int, reg: bool) -> ModelSpec
 
 def _dinov3(name: str, dim: int, depth: int, heads: int, mlp_ratio: float, ffn: str = "mlp") -> ModelSpec:
     # Official DINOv3 weights are gated (signed URLs): pass weights= a local .pth or timm .safetensors file.
+    # As dinov3/hub/backbones.py: layerscale, 4 storage tokens, "layernormbf16" (eps 1e-5), RoPE base 100,
+    # qkv bias with the K third masked to zero (mapped in export/dinov3.py), SwiGLU hidden aligned to 8.
     return ModelSpec(
         name=name, family="dinov3", patch_size=16, embed_dim=dim, depth=depth, num_heads=heads,
         mlp_ratio=mlp_ratio, ffn=ffn, layerscale=True, num_register_tokens=4, pos="rope", pos_grid=0,
-        norm_eps=1e-5, url=None,
+        qkv_bias=True, norm_eps=1e-5, rope_base=100.0, url=None,
     )
 
 

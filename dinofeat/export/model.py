@@ -11,6 +11,21 @@ an official state dict loads without renaming. One forward computes exactly what
   saliency heads and min-max normalised per image (SEMANTICS §5); only that row is computed.
 
 Blocks past the deepest request are not run. Blocks that are run in full use fused attention (SDPA).
+
+Family specifics (DINOv2 / DINOv3):
+
+* prefix tokens are ``[CLS, registers..., patches...]`` (DINOv2 ``register_tokens``, DINOv3 storage tokens, named
+  ``register_tokens`` here); every facet drops all of them like CLS, and saliency is the CLS row over the patch
+  keys only (the softmax still runs over all keys, registers included, as the model's own attention does);
+* DINOv2 learned positions are added before the registers are inserted (the registers carry no position), and
+  are resampled as the model's own ``interpolate_pos_encoding`` does (``spec.pos_interp``; see
+  `resample_position_table`);
+* DINOv3 uses 2-D RoPE on the patch queries/keys (never on CLS or storage tokens). The ``key`` / ``query``
+  facets are the qkv Linear output, i.e. **pre-RoPE**, exactly what the original method's hook reads: they carry
+  no absolute position, which is what dense matching wants. Saliency uses the post-RoPE patch keys against the
+  (unrotated) CLS query, i.e. the model's real attention row. Under a stride change, RoPE coordinates are those
+  of each window's pixel centre in DINOv3's stride = patch normalisation (see `rope_sincos`), so a window at the
+  same image location gets the same angles as the stride = patch patch there.
 """
 
 from __future__ import annotations
@@ -90,13 +105,19 @@ class Attention(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], num_prefix: int) -> torch.Tensor:
-    """Rotate the patch tokens of (B, heads, N, hd) by (sin, cos) of shape (T, hd); prefix tokens untouched."""
+    """Rotate the patch tokens of (B, heads, N, hd) by (sin, cos) of shape (T, hd); prefix tokens untouched.
+
+    DINOv3's ``rope_apply`` with ``rope_rotate_half``: x * cos + [-x2, x1] * sin, halves of the head dim. The
+    rotation runs in the dtype of (sin, cos) (float32 tables: as DINOv3 and timm, which upcast q/k for it) and
+    the result is cast back to x's dtype.
+    """
     sin, cos = rope
     prefix, patches = x[:, :, :num_prefix], x[:, :, num_prefix:]
+    patches = patches.to(sin.dtype)
     x1, x2 = patches.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    patches = patches * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat([prefix, patches], dim=2)
+    patches = patches * cos + rotated * sin
+    return torch.cat([prefix, patches.to(x.dtype)], dim=2)
 
 
 class Mlp(nn.Module):
@@ -195,16 +216,14 @@ class StridedViT(nn.Module):
         """(1, 1 + T, D) learned positions for this size, resampled once and cached (SEMANTICS §3)."""
         key = (height, width)
         if key not in self._pos_cache:
-            self._pos_cache[key] = interpolate_pos_embed(
-                self.pos_embed, 1, height, width, self.spec.patch_size, self.stride
-            )
+            self._pos_cache[key] = resample_position_table(self.spec, self.pos_embed, height, width, self.stride)
         return self._pos_cache[key]
 
     def rope_embedding(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sin, cos) of shape (T, head_dim) for DINOv3's 2-D RoPE on this grid."""
+        """(sin, cos) of shape (T, head_dim), float32, for DINOv3's 2-D RoPE on this size's (strided) grid."""
         rows, cols = self.grid(height, width)
-        return rope_sincos(rows, cols, self.spec.head_dim, self.spec.rope_base,
-                           self.spec.patch_size / self.stride)
+        return rope_sincos(rows, cols, self.spec.head_dim, self.spec.rope_base, self.spec.patch_size,
+                           self.stride, height, width)
 
     def clear_caches(self) -> None:
         self._pos_cache.clear()
@@ -267,6 +286,39 @@ class StridedViT(nn.Module):
         return t[:, :, num_prefix:].permute(0, 2, 3, 1).reshape(b, -1, d * h)
 
 
+def resample_position_table(spec: ModelSpec, pos_embed: torch.Tensor, height: int, width: int,
+                            stride: int) -> torch.Tensor:
+    """(1, 1 + rows*cols, D) float32 CPU position table of `spec` for an (height, width) image at `stride`.
+
+    Dispatches on ``spec.pos_interp``, i.e. on what the model's own ``interpolate_pos_encoding`` does, with its
+    grid replaced by the strided grid (rows, cols) = `grid_size`:
+
+    * ``"offset"`` (DINO, DINOv2 without registers): `interpolate_pos_embed`, bicubic with
+      ``scale_factor=(n + 0.1) / G`` (SEMANTICS §3);
+    * ``"antialias"`` (DINOv2 ``_reg``, whose hub entries set ``interpolate_offset=0.0,
+      interpolate_antialias=True``): ``F.interpolate(size=(rows, cols), mode="bicubic", antialias=True)``.
+
+    Both keep the table as is when the grid has G*G tokens and the image is square (the models' early exit).
+    """
+    if spec.pos_interp == "offset":
+        return interpolate_pos_embed(pos_embed, 1, height, width, spec.patch_size, stride)
+    if spec.pos_interp != "antialias":
+        raise ValueError(f"unknown pos_interp {spec.pos_interp!r} for {spec.name}")
+    table = pos_embed.detach().to(device="cpu", dtype=torch.float32)
+    n = table.shape[1] - 1
+    g = int(round(n**0.5))
+    if g * g != n:
+        raise ValueError(f"pos_embed has {n} patch rows, which is not a square grid")
+    rows, cols = grid_size(height, width, spec.patch_size, stride)
+    if rows * cols == n and height == width:
+        return table.clone()
+    dim = table.shape[-1]
+    patch = table[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, size=(rows, cols), mode="bicubic", antialias=True)
+    patch = patch.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+    return torch.cat([table[:, :1], patch], dim=1)
+
+
 def _minmax(a: torch.Tensor) -> torch.Tensor:
     """Per-image (a - min) / (max - min), no epsilon, as the original (a constant map gives NaN)."""
     lo = a.min(dim=-1, keepdim=True).values
@@ -274,21 +326,54 @@ def _minmax(a: torch.Tensor) -> torch.Tensor:
     return (a - lo) / (hi - lo)
 
 
-def rope_sincos(rows: int, cols: int, head_dim: int, base: float, step: float = 1.0):
-    """DINOv3 2-D RoPE: patch centres normalised to [-1, 1] per axis; head_dim/4 periods per axis.
+def rope_axis_coords(n: int, extent: int, patch_size: int, stride: int) -> torch.Tensor:
+    """DINOv3 RoPE coordinate in [-1, 1] of each of the `n` windows along one image axis of `extent` pixels.
 
-    `step` < 1 would shrink spacing; coordinates are normalised by the grid size, so a denser grid (stride < patch)
-    just samples the same continuous positions more finely and needs no table resampling.
+    DINOv3 (stride = patch p, ``normalize_coords="separate"``) gives patch i of an n_p-patch axis the coordinate
+    ``c_i = (i + 0.5) / n_p * 2 - 1`` with n_p = extent // p. Patch i spans pixels [i p, (i + 1) p), so this is
+    ``c = 2 x / (n_p p) - 1`` with x = i p + p / 2 its pixel centre: the centre's position in the span the
+    stride = p grid covers. A strided window j (stride s) spans [j s, j s + p), centre x_j = j s + p / 2, and gets
+    the same affine map of its centre::
+
+        c_j = (j s / p + 0.5) / n_p * 2 - 1,        n_p = extent // p
+
+    so a window at the same image location as a stride = p patch gets exactly its coordinate (and angles), the
+    windows in between interpolate linearly, and the last windows of a grid that reaches past n_p p (extent not
+    a multiple of p) extend the same line slightly past the stride = p range. At s = p this is DINOv3's formula,
+    computed in the same float32 operation order (bit-identical to timm's ``RotaryEmbeddingDinoV3``).
+    (Normalising by the strided grid's own size instead, (j + 0.5) / n * 2 - 1, would squeeze or stretch the
+    positions: a 224-px axis at s = 4 has 53 windows whose centres span [8, 216] px like the 14 patches', yet
+    would be mapped to +-0.981 instead of +-0.929.)
+    """
+    n_ref = extent // patch_size
+    if n_ref < 1:
+        raise ValueError(f"image side {extent} px is smaller than the patch size {patch_size}")
+    centres = (torch.arange(n, dtype=torch.float32) * stride) / patch_size + 0.5  # window centre, patch units
+    return 2.0 * (centres / float(n_ref)) - 1.0
+
+
+def rope_sincos(rows: int, cols: int, head_dim: int, base: float, patch_size: int = 1, stride: int = 1,
+                height: int | None = None, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINOv3 2-D RoPE tables (sin, cos), each (rows * cols, head_dim), float32, tokens row-major.
+
+    Per head: head_dim / 4 periods ``base ** (2 i / (head_dim / 2))``; angle = 2 pi c / period for the y
+    coordinate (first head_dim / 4 channels) then x, and the head_dim / 2 angles tiled twice (``rotate_half``
+    layout). Coordinates come from `rope_axis_coords` (pixel-centre based, location-preserving under a stride
+    change); with `height` / `width` omitted the axis is taken to be exactly `rows` / `cols` patches at
+    stride = patch, i.e. plain DINOv3 ``(i + 0.5) / n * 2 - 1``.
     """
     n_freq = head_dim // 4
     periods = base ** (2 * torch.arange(n_freq, dtype=torch.float32) / (head_dim // 2))
-    ys = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows * 2 - 1
-    xs = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols * 2 - 1
-    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2)
+    if height is None or width is None:
+        patch_size = stride = 1
+        height, width = rows, cols
+    ys = rope_axis_coords(rows, height, patch_size, stride)
+    xs = rope_axis_coords(cols, width, patch_size, stride)
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2): (y, x)
     angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]  # (T, 2, n_freq)
-    angles = angles.flatten(1).tile(2)  # (T, head_dim)
-    del step
-    return torch.sin(angles), torch.cos(angles)
+    angles = angles.flatten(1)  # (T, head_dim / 2)
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    return torch.cat([sin, sin], dim=-1), torch.cat([cos, cos], dim=-1)
 
 
 def check_request(spec: ModelSpec, layers, facet: str) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ BB_THREADS = 256  # power of two <= DF_BB_MAX_THREADS
 BB_TILE_ROWS = 32  # == DF_BB_TILE_ROWS
 GRID_CAP = 1 << 20  # grid-stride kernels never need more blocks than this
 DEFAULT_CHUNK_BYTES = 256 << 20
+MAX_CHUNK_ROWS = 65535 * BB_TILE_ROWS  # gridDim.y limit of bb_epilogue
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
@@ -124,8 +125,9 @@ class _Device:
             import torch
 
             self.device = self.cp.cuda.Device(x.device.index)
-            self.stream = self.cp.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream,
-                                                      x.device.index)
+            self.stream = self.cp.cuda.ExternalStream(
+                torch.cuda.current_stream(x.device).cuda_stream, x.device.index
+            )
 
     def __enter__(self):
         if self.device is not None:
@@ -176,8 +178,9 @@ class _Device:
 # --------------------------------------------------------------------------------------- log_bin
 
 
-def log_bin_any(desc, origin: A.Origin, in_name: str, num_patches, hierarchy: int, out_name: str,
-                return_norm: bool):
+def log_bin_any(
+    desc, origin: A.Origin, in_name: str, num_patches, hierarchy: int, out_name: str, return_norm: bool
+):
     """log_bin on the GPU for a validated (B, T, C) array of any kind; returns (out, norm | None)."""
     with _Device(desc, origin) as dev:
         x, in_name = dev.to_cupy(desc, in_name)
@@ -199,10 +202,13 @@ def log_bin_cupy(x, in_name: str, num_patches, hierarchy: int, out_name: str, re
     i32 = np.int32
     if n_h:
         kernel(f"dinofeat::log_bin_hsum<{ti}>")(
-            (_grid(n_h, 256),), (256,), (x, hsum, i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy)))
+            (_grid(n_h, 256),), (256,), (x, hsum, i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy))
+        )
     kernel(f"dinofeat::log_bin_fused<{ti}, {to}>")(
-        (int(min(b * t, GRID_CAP)),), (LOG_BIN_THREADS,),
-        (x, hsum, out, norm, i32(return_norm), i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy)))
+        (int(min(b * t, GRID_CAP)),),
+        (LOG_BIN_THREADS,),
+        (x, hsum, out, norm, i32(return_norm), i32(b), i32(hp), i32(wp), i32(c), i32(hierarchy)),
+    )
     return out, (norm if return_norm else None)
 
 
@@ -223,10 +229,12 @@ def _normalized(x, in_name: str, gemm_name: str):
     rows, c = (int(v) for v in x.shape)
     norms = cp.empty((rows,), dtype=cp.float32)
     kernel(f"dinofeat::bb_row_norm<{CXX_TYPES[in_name]}>")(
-        (int(min(rows, GRID_CAP)),), (BB_THREADS,), (x, norms, np.int64(rows), np.int32(c)))
+        (int(min(rows, GRID_CAP)),), (BB_THREADS,), (x, norms, np.int64(rows), np.int32(c))
+    )
     out = cp.empty((rows, c), dtype=STORAGE[gemm_name])
     kernel(f"dinofeat::bb_normalize<{CXX_TYPES[in_name]}, {CXX_TYPES[gemm_name]}>")(
-        (_grid(rows * c, 256),), (256,), (x, norms, out, np.int64(rows), np.int32(c)))
+        (_grid(rows * c, 256),), (256,), (x, norms, out, np.int64(rows), np.int32(c))
+    )
     return out
 
 
@@ -246,8 +254,27 @@ def _gemm_nt(a, b, out, gemm_name: str):
     mode = cublas.getPointerMode(handle)
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
     try:  # column-major view: out.T (n x m) = b (k x n)^T @ a (k x m)
-        cublas.gemmEx(handle, 1, 0, n, m, k, one.ctypes.data, b.data.ptr, dtype, k, a.data.ptr, dtype, k,
-                      zero.ctypes.data, out.data.ptr, 0, n, 68, -1)  # CUDA_R_32F, CUBLAS_COMPUTE_32F, DEFAULT
+        cublas.gemmEx(
+            handle,
+            1,
+            0,
+            n,
+            m,
+            k,
+            one.ctypes.data,
+            b.data.ptr,
+            dtype,
+            k,
+            a.data.ptr,
+            dtype,
+            k,
+            zero.ctypes.data,
+            out.data.ptr,
+            0,
+            n,
+            68,
+            -1,
+        )  # CUDA_R_32F, CUBLAS_COMPUTE_32F, DEFAULT
     finally:
         cublas.setPointerMode(handle, mode)
     return out
@@ -261,6 +288,7 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
     a = _normalized(x1, name1, gemm_name)  # rows normalised once
     b = _normalized(x2, name2, gemm_name)
     step = int(chunk) if chunk else int(max(BB_TILE_ROWS, min(t1, DEFAULT_CHUNK_BYTES // (4 * t2))))
+    step = min(step, MAX_CHUNK_ROWS)
     buf = cp.empty((min(step, t1), t2), dtype=cp.float32)
     row_keys = cp.zeros((t1,), dtype=cp.uint64)
     col_keys = cp.zeros((t2,), dtype=cp.uint64)
@@ -270,8 +298,22 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
         rows = min(step, t1 - i0)
         s = _gemm_nt(a[i0 : i0 + rows], b, buf[:rows], gemm_name)
         grid = ((t2 + BB_THREADS - 1) // BB_THREADS, (rows + BB_TILE_ROWS - 1) // BB_TILE_ROWS)
-        epi(grid, (BB_THREADS,), (s, np.int64(t2), np.int32(rows), np.int32(t2), np.int64(i0), dummy, dummy,
-                                  np.int32(0), row_keys, col_keys))
+        epi(
+            grid,
+            (BB_THREADS,),
+            (
+                s,
+                np.int64(t2),
+                np.int32(rows),
+                np.int32(t2),
+                np.int64(i0),
+                dummy,
+                dummy,
+                np.int32(0),
+                row_keys,
+                col_keys,
+            ),
+        )
     nn_1 = cp.empty((t1,), dtype=cp.int64)
     sim_1 = cp.empty((t1,), dtype=cp.float32)
     nn_2 = cp.empty((t2,), dtype=cp.int64)

@@ -112,8 +112,9 @@ def _contiguous(x, origin: A.Origin):
 # ------------------------------------------------------------------------------------------- log_bin
 
 
-def log_bin(desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_norm: bool = False,
-            impl: str = "auto"):
+def log_bin(
+    desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_norm: bool = False, impl: str = "auto"
+):
     """Log-binned dense descriptors (the original ``_log_bin``), for a batch of token maps.
 
     Every output row concatenates ``1 + 8 h`` spatial bins of C channels: for level k in 0..h-1 and offsets
@@ -145,8 +146,11 @@ def log_bin(desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_nor
         desc = desc[None]
     b, t, c = (int(v) for v in desc.shape)
     hp, wp = _check_num_patches(num_patches, t, desc.shape[1:] if squeeze else desc.shape)
-    if isinstance(hierarchy, bool) or not isinstance(hierarchy, (int, np.integer)) or not \
-            1 <= int(hierarchy) <= MAX_HIERARCHY:
+    if (
+        isinstance(hierarchy, bool)
+        or not isinstance(hierarchy, (int, np.integer))
+        or not 1 <= int(hierarchy) <= MAX_HIERARCHY
+    ):
         raise InputError(f"hierarchy must be an integer in 1..{MAX_HIERARCHY}, got {hierarchy!r}")
     hierarchy = int(hierarchy)
     out_name = A.resolve_out_dtype(out_dtype, in_name, origin)
@@ -160,8 +164,9 @@ def log_bin(desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_nor
         x = A.to_torch(desc, origin)
         if x.dtype == torch.float64:
             x = x.to(torch.float32)
-        res = reference.log_bin(x, (hp, wp), hierarchy, out_dtype=A.torch_dtype(out_name),
-                                return_norm=return_norm)
+        res = reference.log_bin(
+            x, (hp, wp), hierarchy, out_dtype=A.torch_dtype(out_name), return_norm=return_norm
+        )
         out, norm = res if return_norm else (res, None)
         out = A.from_torch(out, origin)
         norm = A.from_torch(norm, origin) if return_norm else None
@@ -261,8 +266,9 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
     if impl == "cpu":
         from . import cpu
 
-        res = cpu.best_buddies(A.to_numpy_f32(desc1, o1), A.to_numpy_f32(desc2, o2), precision=precision,
-                               chunk=chunk)
+        res = cpu.best_buddies(
+            A.to_numpy_f32(desc1, o1), A.to_numpy_f32(desc2, o2), precision=precision, chunk=chunk
+        )
         return BestBuddies(*(A.from_numpy(r, o1) for r in res))
     from . import cuda
 

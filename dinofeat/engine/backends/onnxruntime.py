@@ -1,0 +1,298 @@
+"""ONNX Runtime backend: the exported strided ViT on ORT's TensorRT, CUDA or CPU execution provider.
+
+One session per (H, W, request), built on first use from the cached ONNX file (`dinofeat.export.onnx.get_onnx`):
+
+* CPU (and CUDA without TensorRT EP): the transformer-fused graph (ORT ``Attention``/``SkipLayerNormalization``/
+  ``BiasGelu``), verified against the plain graph when it is made; `optimize=False` uses the plain graph.
+* TensorRT EP first: the plain graph (TensorRT cannot run ORT contrib ops), engines cached under
+  ``<cache>/trt/ort``.
+
+Providers are filtered by what the installed onnxruntime offers, in the order TensorRT EP -> CUDA EP -> CPU EP;
+when the session ends up on a later provider than the best one asked for, a warning says which and why.
+CPU sessions use threads = usable cores, ``ORT_ENABLE_ALL``, sequential execution and the CPU memory arena.
+Inputs and outputs are bound with IOBinding to torch memory on the backend's device (CUDA: device pointers, no
+host round-trip; ORT runs on the caller's current torch stream when it is not the legacy default stream), so the
+descriptor kernels read the ViT outputs in place.
+
+`create_session(...)` builds a bare session for (model, stride, H, W) for benchmarks and tools.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...errors import BackendUnavailableError, InputError
+from ...export.model import Request, StridedViT
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PRECISIONS = ("fp32", "fp16")
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "backend='onnxruntime' needs the onnxruntime package; install it with pip install 'dinofeat[onnx]' "
+            "(CPU) or pip install onnxruntime-gpu (CUDA), or use backend='torch'"
+        ) from None
+    return onnxruntime
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, *, optimization: str = "all", profile: str | None = None):
+    """Session options tuned for inference: threads = usable cores (intra-op), 1 inter-op thread, graph
+    optimisation level `optimization` ("all" | "extended" | "basic" | "disabled"), sequential execution, CPU memory
+    arena and memory-pattern planning on, spinning threads (lowest latency on dedicated cores)."""
+    ort = import_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads) if threads else usable_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    if optimization not in levels:
+        raise InputError(f"optimization={optimization!r}: choose one of {', '.join(levels)}")
+    so.graph_optimization_level = levels[optimization]
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    return so
+
+
+def select_providers(device: torch.device, precision: str = "fp32", *, height: int | None = None,
+                     width: int | None = None, max_batch: int = 8, cache_dir=None, use_tensorrt: bool = True,
+                     stream: int | None = None) -> list:
+    """Provider list (with options) for `device`, filtered by what the installed onnxruntime offers.
+
+    CPU device: CPU EP only. CUDA device: TensorRT EP (engine + timing cache under ``<cache>/trt/ort``, profile for
+    batch 1..max_batch) if offered and `use_tensorrt`, then CUDA EP, then CPU EP. Warns when a GPU provider the
+    device needs is missing.
+    """
+    ort = import_onnxruntime()
+    available = set(ort.get_available_providers())
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    providers: list = []
+    if use_tensorrt and "TensorrtExecutionProvider" in available:
+        from ...export import cache
+
+        trt_dir = cache.cache_subdir("trt", cache_dir) / "ort"
+        trt_dir.mkdir(parents=True, exist_ok=True)
+        opts = {
+            "device_id": index,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(trt_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(trt_dir),
+        }
+        if height and width:
+            shape = f"3x{height}x{width}"
+            opts.update(trt_profile_min_shapes=f"images:1x{shape}", trt_profile_opt_shapes=f"images:1x{shape}",
+                        trt_profile_max_shapes=f"images:{max_batch}x{shape}")
+        if stream:
+            opts["user_compute_stream"] = str(stream)
+        providers.append(("TensorrtExecutionProvider", opts))
+    if "CUDAExecutionProvider" in available:
+        opts = {"device_id": index}
+        if stream:
+            opts["user_compute_stream"] = str(stream)
+        providers.append(("CUDAExecutionProvider", opts))
+    else:
+        warnings.warn(
+            f"device={str(device)!r} but this onnxruntime offers no CUDAExecutionProvider (it offers "
+            f"{sorted(available)}): falling back to the CPU provider. Install onnxruntime-gpu for CUDA.",
+            RuntimeWarning, stacklevel=3)
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def _provider_name(p) -> str:
+    return p[0] if isinstance(p, tuple) else p
+
+
+def _warn_on_fallback(session, requested: list) -> None:
+    used = session.get_providers()
+    best = _provider_name(requested[0])
+    if best not in used:
+        warnings.warn(
+            f"onnxruntime could not use {best} (missing libraries or an unsupported graph; see onnxruntime's log) "
+            f"and runs this session on {used[0]}", RuntimeWarning, stacklevel=3)
+
+
+@dataclass
+class _Session:
+    session: object
+    onnx_path: str
+    providers: list
+    output_names: list
+    output_shapes: dict
+    on_gpu: bool
+    stream: int | None
+
+
+class OnnxRuntimeBackend:
+    """`Backend` running exported graphs on ONNX Runtime (see the module docstring).
+
+    Args:
+        model: fp32 CPU `StridedViT` with weights loaded (exported per (H, W, request) on first use).
+        device: torch device; "cuda[:N]" uses the TensorRT/CUDA EPs, "cpu" the CPU EP.
+        precision: "fp32", or "fp16" (CUDA only: the fp16 graph with fp32 LayerNorm/Softmax).
+        weights_id: SHA-256 of the weights (cache key).
+        optimize: use the ORT transformer-fused graph where the provider can run it.
+        threads: CPU intra-op threads (default: usable cores).
+        cache_dir: cache root (default: `dinofeat.weights.cache_dir()`).
+        use_tensorrt: put the TensorRT EP first when onnxruntime offers it (CUDA devices).
+        max_batch: largest batch of the TensorRT EP profile.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: StridedViT, device, precision: str = "fp32", weights_id: str = "", *,
+                 optimize: bool = True, threads: int | None = None, cache_dir=None, use_tensorrt: bool = True,
+                 max_batch: int = 8, progress: bool = False):
+        self.ort = import_onnxruntime()
+        self.device = torch.device(device)
+        if precision not in PRECISIONS:
+            raise InputError(f"precision={precision!r} is not available with backend='onnxruntime'; choose fp32 "
+                             f"(CPU/CUDA) or fp16 (CUDA), or use backend='torch' for bf16")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise InputError("precision='fp16' with backend='onnxruntime' needs device='cuda' (ONNX Runtime's CPU "
+                             "kernels are float32); use precision='fp32' on the CPU")
+        if self.device.type not in ("cpu", "cuda"):
+            raise InputError(f"device={str(self.device)!r} is not supported by backend='onnxruntime'; use cpu/cuda")
+        self.precision = precision
+        self.model = model.float().cpu().eval()
+        self.weights_id = weights_id
+        self.optimize = optimize
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.use_tensorrt = use_tensorrt
+        self.max_batch = int(max_batch)
+        self.progress = progress
+        self._sessions: dict[tuple, _Session] = {}
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend(device={str(self.device)!r}, precision={self.precision!r})"
+
+    # ------------------------------------------------------------------------------------------------------
+    def session_for(self, height: int, width: int, request: Request) -> _Session:
+        """The (cached) session for this input size and request."""
+        stream = None
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device).cuda_stream or None  # 0 = legacy default: ORT's own
+        key = (int(height), int(width), request, stream)
+        if key not in self._sessions:
+            self._sessions[key] = self._build(int(height), int(width), request, stream)
+        return self._sessions[key]
+
+    def _build(self, height: int, width: int, request: Request, stream) -> _Session:
+        from ...export.onnx import get_onnx, output_shapes
+
+        providers = select_providers(self.device, self.precision, height=height, width=width,
+                                     max_batch=self.max_batch, cache_dir=self.cache_dir,
+                                     use_tensorrt=self.use_tensorrt, stream=stream)
+        trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
+        variant = "ort" if (self.optimize and not trt_first and self.precision == "fp32") else "plain"
+        path = get_onnx(self.model, request, height, width, precision=self.precision, weights_id=self.weights_id,
+                        variant=variant, cache_dir=self.cache_dir, progress=self.progress)
+        so = session_options(self.threads)
+        session = self.ort.InferenceSession(str(path), so, providers=providers)
+        _warn_on_fallback(session, providers)
+        on_gpu = session.get_providers()[0] != "CPUExecutionProvider"
+        names = [o.name for o in session.get_outputs()]
+        if names != request.output_names():
+            raise RuntimeError(f"ONNX file {path} has outputs {names}, expected {request.output_names()}; delete it")
+        return _Session(session, str(path), providers, names, output_shapes(self.model, request, height, width),
+                        on_gpu, stream)
+
+    # ------------------------------------------------------------------------------------------------------
+    def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        s = self.session_for(height, width, request)
+        # Buffers live where the session computes: the device for GPU providers, host for the CPU EP.
+        where = self.device if s.on_gpu else torch.device("cpu")
+        x = batch.to(device=where, dtype=torch.float32).contiguous()
+        b = int(x.shape[0])
+        outs = {name: torch.empty((b, *s.output_shapes[name]), dtype=torch.float32, device=where)
+                for name in s.output_names}
+        binding = s.session.io_binding()
+        dev_type, dev_id = ("cuda", where.index if where.index is not None else torch.cuda.current_device()) \
+            if where.type == "cuda" else ("cpu", 0)
+        binding.bind_input("images", dev_type, dev_id, np.float32, list(x.shape), x.data_ptr())
+        for name, t in outs.items():
+            binding.bind_output(name, dev_type, dev_id, np.float32, list(t.shape), t.data_ptr())
+        if where.type == "cuda" and s.stream is None:
+            torch.cuda.current_stream(where).synchronize()  # ORT computes on its own stream: inputs must be ready
+        s.session.run_with_iobinding(binding)  # returns when the outputs are complete
+        if where != self.device:
+            outs = {k: v.to(self.device) for k, v in outs.items()}
+        return outs
+
+
+def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width: int = 224, *, weights=None,
+                   layer=9, facet: str = "key", saliency: bool = False, precision: str = "fp32",
+                   optimize: bool = True, device="cpu", threads: int | None = None, cache_dir=None,
+                   progress: bool = False):
+    """An `onnxruntime.InferenceSession` for (model, stride, H, W), for benchmarks and tools.
+
+    Args:
+        model: zoo name (weights from `weights=`, see `dinofeat.weights.load_weights`) or a loaded `StridedViT`.
+        layer, facet, saliency: the outputs (layer may be a list).
+        optimize: the ORT transformer-fused graph (fp32) instead of the plain one.
+
+    Returns:
+        ``(session, input_name, output_names)``; feed ``{input_name: (B, 3, H, W) float32 array}``.
+    """
+    from ...export.model import check_request
+    from ...export.onnx import INPUT_NAME, get_onnx, weights_sha256
+
+    if isinstance(model, StridedViT):
+        vit, weights_id = model.float().cpu().eval(), weights_sha256(model)
+    else:
+        from ...weights import load_weights
+        from ...zoo import get_model_spec
+
+        spec = get_model_spec(model)
+        loaded = load_weights(spec, weights, progress=progress)
+        vit = StridedViT(spec, stride)
+        vit.load_state_dict(loaded.state_dict)
+        vit.eval()
+        weights_id = loaded.sha256
+    layers = check_request(vit.spec, layer, facet)
+    request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))
+    device = torch.device(device)
+    providers = select_providers(device, precision, height=height, width=width, cache_dir=cache_dir)
+    trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
+    variant = "ort" if optimize and precision == "fp32" and not trt_first else "plain"
+    path = get_onnx(vit, request, height, width, precision=precision, weights_id=weights_id, variant=variant,
+                    cache_dir=cache_dir, progress=progress)
+    ort = import_onnxruntime()
+    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    _warn_on_fallback(session, providers)
+    return session, INPUT_NAME, request.output_names()
+
+
+__all__ = ["OnnxRuntimeBackend", "create_session", "select_providers", "session_options", "usable_cores"]

@@ -1,0 +1,172 @@
+"""On-disk cache of exported ONNX graphs and TensorRT engines: keyed, atomic, hash-verified.
+
+An entry is one or more files ``<key>.<suffix>`` plus a manifest ``<key>.json`` that records every file's SHA-256
+and the fields the key was made from. Files are written to a temporary name in the same directory and renamed into
+place (atomic on POSIX and Windows); the manifest is written last, so an entry exists only once all its files do.
+`lookup` re-hashes the files: an entry whose files are missing or fail their hash is deleted and reported as
+absent, so the caller rebuilds it and never uses it.
+
+Cache root: `dinofeat.weights.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOME/dinofeat, else
+~/.cache/dinofeat), with ``onnx/`` and ``trt/`` below it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+MANIFEST_SUFFIX = ".json"
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # what open() would give: mkstemp's 0600 would hide shared caches from other users
+
+
+def cache_root() -> Path:
+    try:
+        from ..weights import cache_dir
+    except ImportError:  # pragma: no cover - weights.py is part of the package
+        env = os.environ.get("DINOFEAT_CACHE")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "dinofeat"
+    return Path(cache_dir())
+
+
+def cache_subdir(kind: str, root=None) -> Path:
+    """``<root>/<kind>`` (kind: "onnx" or "trt"), created if missing."""
+    path = (Path(root) if root is not None else cache_root()) / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_key(fields: dict) -> str:
+    """A stable 32-hex-digit key: SHA-256 of the fields as canonical JSON."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return path
+
+
+def atomic_move(src, dst) -> Path:
+    """Rename `src` onto `dst` (same filesystem: both live in the cache directory)."""
+    dst = Path(dst)
+    os.replace(src, dst)
+    return dst
+
+
+def entry_paths(directory, key: str, suffixes) -> dict[str, Path]:
+    directory = Path(directory)
+    return {s: directory / f"{key}{s}" for s in suffixes}
+
+
+def manifest_path(directory, key: str) -> Path:
+    return Path(directory) / f"{key}{MANIFEST_SUFFIX}"
+
+
+def lookup(directory, key: str) -> dict | None:
+    """The manifest of entry `key` if every file it lists exists and matches its SHA-256, else None.
+
+    A broken entry (missing file, hash mismatch, unreadable manifest) is deleted with a warning: the caller then
+    rebuilds it.
+    """
+    mpath = manifest_path(directory, key)
+    if not mpath.is_file():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+        problems = []
+        for name, sha in files.items():
+            path = Path(directory) / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif sha256_file(path) != sha:
+                problems.append(f"{name} fails its SHA-256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        problems = [f"unreadable manifest ({e})"]
+        files = {}
+    if problems:
+        warnings.warn(f"dinofeat cache entry {mpath} is broken ({'; '.join(problems)}): deleting it and rebuilding",
+                      RuntimeWarning, stacklevel=3)
+        remove(directory, key, files)
+        return None
+    manifest["paths"] = {name: str(Path(directory) / name) for name in files}
+    return manifest
+
+
+def store(directory, key: str, files: dict[str, bytes | os.PathLike | str], meta: dict) -> dict:
+    """Commit entry `key`: `files` maps a file name to its bytes or to a finished temporary file to move in.
+
+    Returns the manifest (as `lookup` would).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for name, content in files.items():
+        dest = directory / name
+        if isinstance(content, (bytes, bytearray, memoryview)):
+            atomic_write_bytes(dest, bytes(content))
+        else:
+            atomic_move(content, dest)
+        hashes[name] = sha256_file(dest)
+    manifest = {"key": key, "files": hashes, "meta": meta}
+    atomic_write_bytes(manifest_path(directory, key), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    manifest["paths"] = {name: str(directory / name) for name in hashes}
+    return manifest
+
+
+def remove(directory, key: str, files=()) -> None:
+    _unlink(manifest_path(directory, key))
+    for name in files:
+        _unlink(Path(directory) / name)
+
+
+def temp_path(directory, name: str) -> Path:
+    """A fresh temporary file path in `directory` (for writers that need a path, e.g. ONNX external data)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return Path(tmp)
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # pragma: no cover - best effort
+        pass

@@ -1,0 +1,149 @@
+"""``dinofeat export``: write the strided ViT of one (model, stride, H, W, outputs) as ONNX (and a TensorRT engine).
+
+Example::
+
+    dinofeat export --model dino_vits8 --stride 4 --size 224x224 --layer 9 --facet key --saliency \\
+        --weights dino_deitsmall8_pretrain.pth -o vits8_s4_224.onnx
+
+The file comes from the export cache (``<cache>/onnx``, see `dinofeat.export.onnx.get_onnx`) and is copied to
+``-o``. ``--variant ort`` writes the ONNX Runtime transformer-fused graph instead of the portable one;
+``--tensorrt-engine E`` also builds a TensorRT engine (needs an NVIDIA GPU and the tensorrt package) and writes its
+manifest to ``E.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX×,]\s*(\d+))?\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"224x336" -> (224, 336) as (H, W); "224" -> (224, 224)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise InputError(f"--size {text!r}: expected HxW in pixels, e.g. 224x224 or 224x336 (or one number)")
+    h = int(m.group(1))
+    return h, int(m.group(2)) if m.group(2) else h
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Export the preprocessing-free strided ViT for one input size to ONNX (opset 17, dynamic "
+                     "batch, named outputs), optionally ORT-optimised, optionally as a TensorRT engine.")
+    p.add_argument("--model", default="dino_vits8", help="zoo name (default dino_vits8)")
+    p.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
+    p.add_argument("--size", default="224x224", help="input H x W in pixels of the preprocessed image "
+                   "(e.g. 224x224, 224x336); fixed per graph, default 224x224")
+    p.add_argument("--layer", type=int, nargs="+", default=[9], help="block(s) whose facet to output (default 9)")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--saliency", action="store_true", help="also output the saliency row (last block CLS attention)")
+    p.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
+                   "official file, downloaded if missing")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: fp16 weights/matmuls with fp32 LayerNorm/Softmax (for TensorRT 11 / ORT CUDA)")
+    p.add_argument("--variant", default="plain", choices=["plain", "ort"],
+                   help="plain: portable, plain ONNX ops only (TensorRT); ort: ONNX Runtime transformer-fused "
+                   "(contrib ops, CPU/CUDA providers), verified against plain")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--tensorrt-engine", default=None, metavar="ENGINE",
+                   help="also build a TensorRT engine to this file (NVIDIA GPU + tensorrt package needed)")
+    p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch (default 8)")
+    p.add_argument("--opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for (default 1)")
+    typing = p.add_mutually_exclusive_group()
+    typing.add_argument("--strongly-typed", dest="strongly_typed", action="store_true", default=None,
+                        help="TensorRT: strongly typed network (default on 11.x)")
+    typing.add_argument("--weakly-typed", dest="strongly_typed", action="store_false",
+                        help="TensorRT 10.x: builder precision flags (default on 10.x)")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def export_main(args) -> int:
+    import torch
+
+    from ..weights import load_weights
+    from ..zoo import get_model_spec
+    from . import cache
+    from .model import Request, StridedViT, check_request
+    from .onnx import get_onnx, output_shapes, save_onnx, tensorrt_op_table, tensorrt_unsupported_ops
+
+    quiet = bool(getattr(args, "quiet", False))
+    height, width = parse_size(args.size)
+    spec = get_model_spec(args.model)
+    p = spec.patch_size
+    if isinstance(args.stride, bool) or args.stride < 1 or p % args.stride:
+        raise InputError(f"--stride {args.stride} must divide the patch size {p} of {spec.name}")
+    layers = check_request(spec, list(args.layer), args.facet)
+    request = Request(facets=tuple((lyr, args.facet) for lyr in dict.fromkeys(layers)), saliency=args.saliency)
+    out = Path(args.output)
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"-o/--output {str(out)!r}: expected a .onnx file name")
+    if args.variant == "ort" and args.precision != "fp32":
+        raise InputError("--variant ort is made from the fp32 graph; use --precision fp32")
+
+    loaded = load_weights(spec, args.weights, progress=not quiet)
+    vit = StridedViT(spec, args.stride)
+    vit.load_state_dict(loaded.state_dict)
+    vit.eval()
+    with torch.no_grad():
+        path = get_onnx(vit, request, height, width, precision=args.precision, weights_id=loaded.sha256,
+                        variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)
+    import onnx
+
+    if Path(str(path) + ".data").exists():  # external weights: re-save so the data file follows the new name
+        save_onnx(onnx.load(str(path)), out)
+    else:
+        cache.atomic_write_bytes(out, Path(path).read_bytes())
+    model = onnx.load(str(out), load_external_data=False)
+    rows, cols = vit.grid(height, width)
+    shapes = output_shapes(vit, request, height, width)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        ops[name] = ops.get(name, 0) + 1
+    bad = tensorrt_unsupported_ops(model)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {cache.sha256_file(out)[:16]}...)")
+    print(f"  {spec.name} stride {args.stride}, input images (batch, 3, {height}, {width}) float32, "
+          f"grid {rows}x{cols} = {rows * cols} tokens, opset "
+          f"{next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}, variant {args.variant}")
+    for name, shape in shapes.items():
+        print(f"  output {name}: (batch, {', '.join(map(str, shape))}) float32")
+    print(f"  ops: {', '.join(f'{k} {v}' for k, v in sorted(ops.items()))}")
+    if args.variant == "plain":
+        floor = tensorrt_op_table()["tensorrt_floor"]
+        print(f"  TensorRT {floor}+ ONNX op support: " + ("all ops supported" if not bad else f"UNSUPPORTED {bad}"))
+    if args.tensorrt_engine:
+        _export_engine(args, vit, request, height, width, loaded.sha256, quiet)
+    return 0
+
+
+def _export_engine(args, vit, request, height, width, weights_id, quiet) -> None:
+    import json
+
+    from . import cache
+    from . import tensorrt as trt_export
+    from .onnx import get_onnx
+
+    trt = trt_export.import_tensorrt()
+    plan = trt_export.build_plan(trt, args.precision, args.strongly_typed)
+    onnx_path = get_onnx(vit, request, height, width, precision=plan["onnx_precision"], weights_id=weights_id,
+                         variant="plain", cache_dir=args.cache_dir, progress=not quiet)
+    profile = trt_export.Profile(1, args.opt_batch, args.max_batch)
+    _, _, manifest = trt_export.get_engine(onnx_path, precision=args.precision, profile=profile, height=height,
+                                           width=width, strongly_typed=args.strongly_typed,
+                                           cache_dir=args.cache_dir, progress=not quiet, trt=trt)
+    src = Path(manifest["paths"][manifest["meta"]["engine"]])
+    dest = Path(args.tensorrt_engine)
+    cache.atomic_write_bytes(dest, src.read_bytes())
+    meta = dict(manifest["meta"], engine=dest.name)
+    cache.atomic_write_bytes(dest.with_suffix(dest.suffix + ".json"), json.dumps(meta, indent=1).encode())
+    print(f"wrote TensorRT engine {dest} (TensorRT {plan['version']}, {plan['typing']} typing, "
+          f"{meta['gpu']} sm{meta['compute_capability']}, batch 1..{args.max_batch})", file=sys.stdout)
+
+
+__all__ = ["add_export_arguments", "export_main", "parse_size"]
