@@ -42,7 +42,7 @@ def cmd_match(args) -> int:
     _check_suffix(args.output, (".png", ".jpg", ".jpeg"), "-o/--output")
     if args.save:
         _check_suffix(args.save, (".npz",), "--save")
-    with tqdm(total=2, desc="dinofeat match", unit="step", disable=args.quiet) as bar:
+    with tqdm(total=2, desc="dinofeat match", unit="step", disable=_no_bar(args)) as bar:
         bar.set_postfix_str("loading model")
         ex = _extractor(args)
         bar.update()
@@ -75,7 +75,7 @@ def cmd_extract(args) -> int:
             raise DinofeatError(f"IMG: file not found: {path!r}")
     ex = _extractor(args)
     tensors = {}
-    for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=args.quiet)):
+    for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=_no_bar(args))):
         batch, _ = ex.preprocess(path, args.load_size)
         f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
                        bin=args.bin, saliency=args.saliency)
@@ -120,11 +120,19 @@ def cmd_weights(args) -> int:
     failed = 0
     for name in names:  # verify
         res = W.verify_weights(name)
-        ok = res.get("ok")
+        ok = bool(res.get("ok"))
         failed += not ok
-        print(f"{name}: {'OK' if ok else 'FAILED'} sha256={res.get('sha256')} path={res.get('path')}"
-              + ("" if ok else f" expected={res.get('expected_sha256')}"))
+        if ok:
+            print(f"{name}: OK sha256={res.get('sha256')} path={res.get('path')}")
+        else:
+            print(f"{name}: FAILED: {res.get('message') or 'hash mismatch'} (sha256={res.get('sha256')}, "
+                  f"expected={res.get('expected_sha256')}, path={res.get('path')})")
     return 1 if failed else 0
+
+
+def _no_bar(args) -> bool | None:
+    """tqdm's `disable`: True with --quiet, None (= only on a terminal) otherwise."""
+    return True if args.quiet else None
 
 
 def _check_suffix(path: str, allowed: tuple[str, ...], flag: str) -> None:

@@ -56,6 +56,15 @@ _HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _FILENAME_HASH_RE = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9.]+$")  # torch.hub: name-<sha256 prefix>.pth
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # what open() would give; mkstemp's 0600 would hide a shared cache from other users
+
+
 @dataclass(frozen=True)
 class LoadedWeights:
     """A state dict in StridedViT's layout (float32, validated), with the SHA-256 and name of its source."""
@@ -165,6 +174,7 @@ def write_sidecar(path, sha256: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{sha256}  {path.name}\n")
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, side)
     finally:
         if os.path.exists(tmp):
@@ -435,6 +445,7 @@ def _fetch(url: str, dest: Path, expected: str | None, *, progress: bool, timeou
             raise WeightsError(f"SHA-256 mismatch for {url}: expected {expected}, got {actual} ({got} bytes). The "
                                "download was deleted; the file on the server changed or the transfer was corrupted "
                                "(pass sha256= to expect another hash)")
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, dest)
         write_sidecar(dest, actual)
     finally:

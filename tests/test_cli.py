@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from testutil import EXAMPLES
 from PIL import Image
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES
+from testutil import EXAMPLES
 
 import dinofeat
 from dinofeat.correspondences import foreground_filter, select_pairs, token_to_pixel

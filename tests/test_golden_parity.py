@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, rel_err
+from testutil import EXAMPLES, rel_err
 
 import dinofeat
 

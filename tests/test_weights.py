@@ -305,6 +305,10 @@ def test_download_then_load_from_cache(server, cache, vits8):
     assert loaded.sha256 == digest == read_sidecar(path)
     assert (cache / "weights" / (name + ".sha256")).read_text() == f"{digest}  {name}\n"
     assert leftovers(cache / "weights") == [name, name + ".sha256"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (sidecar_mode := 0o666 & ~mask)  # not mkstemp's 0600
+    assert ((cache / "weights" / (name + ".sha256")).stat().st_mode & 0o777) == sidecar_mode
     # second use: no new request
     assert load_weights(spec, None, progress=False).sha256 == digest
     assert download_weights(spec, progress=False) == path

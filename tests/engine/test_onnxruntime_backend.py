@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, rel_err
+from testutil import EXAMPLES, rel_err
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from testutil import rel_err
 
 from dinofeat.errors import BackendUnavailableError, InputError
 from dinofeat.export import cache

@@ -22,7 +22,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
+from testutil import rel_err
 
 from dinofeat.export.model import Request, StridedViT, resample_position_table
 from dinofeat.testing import deterministic_state_dict
@@ -99,7 +99,7 @@ def _check(ours: StridedViT, ref: dict, x: torch.Tensor, request: Request) -> di
     with torch.no_grad():
         outs = ours.forward_features(x, request)
     errs = {}
-    for name, o in zip(request.output_names(), outs):
+    for name, o in zip(request.output_names(), outs, strict=True):
         assert o.shape == ref[name].shape, name
         errs[name] = rel_err(o, ref[name])
     assert max(errs.values()) < TOL, errs
@@ -125,6 +125,7 @@ def test_zoo_rows_match_timm_architecture(size, timm_size, reg):
 
 
 # ---- parity with timm ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~9 s alone on 2 cores (two full ViT-S forwards over 1370 tokens); runs by default
 def test_vits14_matches_timm_at_native_size():
     """Full dinov2_vits14 at 518 x 518 (timm's 37 x 37 grid: no resampling): keys of block 9, queries and tokens of
     block 11, saliency."""

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import rel_err
+from testutil import rel_err
 
 from dinofeat.errors import WeightsError
 from dinofeat.export.dinov3 import (
@@ -138,17 +138,17 @@ def test_matches_timm(name, depth):
     native = ours.state_dict()
     from_timm = dinov3_to_native(spec, tm.state_dict())
     assert all(torch.equal(native[k], from_timm[k]) for k in native)
-    last = depth - 1
-    request = Request(facets=((last - 2, "key"), (last, "query"), (last, "key"), (last, "token")), saliency=True)
+    last, early = depth - 1, max(0, depth - 3)
+    request = Request(facets=((early, "key"), (last, "query"), (last, "key"), (last, "token")), saliency=True)
     gen = torch.Generator().manual_seed(0)
     for height, width in [(224, 224), (224, 320)]:
         x = torch.randn(1, 3, height, width, generator=gen)
-        ref, rope = _timm_reference(tm, x, [last - 2, last], spec.num_prefix_tokens, spec.num_heads)
+        ref, rope = _timm_reference(tm, x, [early, last], spec.num_prefix_tokens, spec.num_heads)
         sin, cos = ours.rope_embedding(height, width)
         assert torch.equal(torch.cat([sin, cos], dim=-1), rope)
         with torch.no_grad():
             outs = ours.forward_features(x, request)
-        errs = {n: rel_err(o, ref[n]) for n, o in zip(request.output_names(), outs)}
+        errs = {n: rel_err(o, ref[n]) for n, o in zip(request.output_names(), outs, strict=True)}
         assert max(errs.values()) < TOL, (height, width, errs)
 
 
@@ -167,7 +167,7 @@ def test_timm_model_without_qkv_bias():
     request = Request(facets=((1, "key"), (1, "token")), saliency=True)
     with torch.no_grad():
         outs = ours.forward_features(x, request)
-    for n, o in zip(request.output_names(), outs):
+    for n, o in zip(request.output_names(), outs, strict=True):
         assert rel_err(o, ref[n]) < TOL, n
 
 
@@ -246,7 +246,7 @@ def test_rope_at_stride_equal_patch_is_timm(height, width):
     sin, cos = rope_sincos(*grid, spec.head_dim, spec.rope_base, 16, 16, height, width)
     assert torch.equal(torch.cat([sin, cos], dim=-1), rope.get_embed(shape=grid))
     # and the plain-grid form (no pixel sizes) is the same thing
-    assert all(torch.equal(a, b) for a, b in zip(rope_sincos(*grid, spec.head_dim, spec.rope_base), (sin, cos)))
+    assert all(torch.equal(a, b) for a, b in zip(rope_sincos(*grid, spec.head_dim, spec.rope_base), (sin, cos), strict=True))
 
 
 @pytest.mark.parametrize("stride", [8, 4, 2])
@@ -260,7 +260,7 @@ def test_rope_is_location_preserving_under_stride(stride, height, width):
     fine = fine_model.rope_embedding(height, width)
     rows, cols = fine_model.grid(height, width)
     k = 16 // stride
-    for t_coarse, t_fine in zip(coarse, fine):
+    for t_coarse, t_fine in zip(coarse, fine, strict=True):
         grid_c = t_coarse.reshape(height // 16, width // 16, -1)
         grid_f = t_fine.reshape(rows, cols, -1)
         assert torch.equal(grid_f[::k, ::k][: height // 16, : width // 16], grid_c)
@@ -284,15 +284,17 @@ def test_strided_dinov3_outputs():
     with torch.no_grad():
         key, token, sal = model.forward_features(x, Request(facets=((1, "key"), (1, "token")), saliency=True))
     assert key.shape == token.shape == (1, t, 384) and sal.shape == (1, t)
-    attn = model.blocks[1].attn
-    with torch.no_grad():
-        qkv = qkv.reshape(1, 5 + t, 3, 6, 64).permute(2, 0, 3, 1, 4)
-    q, k = qkv[0], qkv[1]
-    assert torch.equal(key, k[:, :, 5:].permute(0, 2, 3, 1).reshape(1, t, -1))
     sin, cos = model.rope_embedding(64, 80)
-    rot = lambda z: torch.cat([z[:, :, :5], z[:, :, 5:] * cos + torch.cat(  # noqa: E731
-        [-z[:, :, 5:, 32:], z[:, :, 5:, :32]], dim=-1) * sin], dim=2)
-    for keys, expect_match in [(rot(k), True), (k, False)]:
-        a = (q[:, :, :1] @ keys.transpose(-2, -1) * 0.125).softmax(-1)[:, :, 0, 5:].mean(1)
-        ref = (a - a.min()) / (a.max() - a.min())
-        assert (rel_err(sal, ref) < TOL) == expect_match
+
+    def rotate(z):  # DINOv3 rope_apply on the patch tokens (rotate_half layout), prefix untouched
+        p = z[:, :, 5:]
+        return torch.cat([z[:, :, :5], p * cos + torch.cat([-p[..., 32:], p[..., :32]], dim=-1) * sin], dim=2)
+
+    with torch.no_grad():
+        qkv = model.blocks[1].attn.qkv(captured["n1"]).reshape(1, 5 + t, 3, 6, 64).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        assert torch.equal(key, k[:, :, 5:].permute(0, 2, 3, 1).reshape(1, t, -1))  # pre-RoPE
+        for keys, expect_match in [(rotate(k), True), (k, False)]:
+            a = (q[:, :, :1] @ keys.transpose(-2, -1) * 0.125).softmax(-1)[:, :, 0, 5:].mean(1)
+            ref = (a - a.min()) / (a.max() - a.min())
+            assert (rel_err(sal, ref) < TOL) == expect_match
