@@ -79,3 +79,46 @@ def test_help_lists_commands():
     out = run("--help").stdout
     for cmd in ("match", "extract", "weights"):
         assert cmd in out
+
+
+def test_weights_download_verify_list_via_local_server(tmp_path, vits8_weights_file):
+    """`dinofeat weights download --url` from a real HTTP server on 127.0.0.1, then verify and list."""
+    import functools
+    import http.server
+    import os
+    import threading
+
+    from dinofeat.weights import file_sha256
+
+    served = tmp_path / "srv"
+    served.mkdir()
+    (served / "w.pth").write_bytes(vits8_weights_file.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    env = {**os.environ, "DINOFEAT_CACHE": str(tmp_path / "cache")}
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/w.pth"
+        sha = file_sha256(vits8_weights_file)
+
+        def cli(*args, check=True):
+            p = subprocess.run([sys.executable, "-m", "dinofeat", *args], capture_output=True, text=True, env=env,
+                               timeout=120)
+            assert not check or p.returncode == 0, p.stderr
+            return p
+
+        bad = cli("weights", "download", "dino_vits8", "--url", url, "--sha256", "0" * 64, check=False)
+        assert bad.returncode == 2 and sha in bad.stderr and "Traceback" not in bad.stderr
+        out = cli("weights", "download", "dino_vits8", "--url", url, "--sha256", sha).stdout
+        path = out.strip().split(": ", 1)[1]
+        assert file_sha256(path) == sha and str(tmp_path / "cache") in path
+        assert "OK" in cli("weights", "verify", "dino_vits8").stdout
+        assert path in cli("weights", "list").stdout
+        with open(path, "r+b") as f:  # corrupt the cached file: verify must fail, exit 1
+            f.seek(1000)
+            f.write(b"\x00" * 16)
+        failed = cli("weights", "verify", "dino_vits8", check=False)
+        assert failed.returncode == 1 and "FAILED" in failed.stdout
+    finally:
+        httpd.shutdown()

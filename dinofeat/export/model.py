@@ -2,7 +2,8 @@
 
 Parameter names follow the official DINO / DINOv2 checkpoints (`cls_token`, `pos_embed`, `patch_embed.proj`,
 `blocks.{i}.norm1|attn.qkv|attn.proj|norm2|mlp.fc1|mlp.fc2|ls1.gamma|ls2.gamma`, `register_tokens`, `norm`), so
-an official state dict loads without renaming. One forward computes exactly what a request needs:
+an official state dict loads without renaming (DINOv3's official / timm layouts are renamed by
+`dinofeat.export.dinov3.dinov3_to_native`). One forward computes exactly what a request needs:
 
 * facet ``key|query|value`` of block L = the block's qkv Linear applied to norm1 of its input (the original's
   hook), laid out (B, T, C) with channel index ``d * num_heads + h`` (SEMANTICS §4), prefix tokens dropped;
@@ -24,7 +25,7 @@ Family specifics (DINOv2 / DINOv3):
   facets are the qkv Linear output, i.e. **pre-RoPE**, exactly what the original method's hook reads: they carry
   no absolute position, which is what dense matching wants. Saliency uses the post-RoPE patch keys against the
   (unrotated) CLS query, i.e. the model's real attention row. Under a stride change, RoPE coordinates are those
-  of each window's pixel centre in DINOv3's stride = patch normalisation (see `rope_sincos`), so a window at the
+  of each window's pixel centre in DINOv3's stride = patch normalisation (see `rope_axis_coords`), so a window at the
   same image location gets the same angles as the stride = patch patch there.
 """
 

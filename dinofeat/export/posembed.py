@@ -3,8 +3,9 @@
 The original swaps DINO's `interpolate_pos_encoding` for a version that resamples the learned (G x G) table with
 `F.interpolate(scale_factor=((rows + 0.1) / G, (cols + 0.1) / G), mode="bicubic", align_corners=False,
 recompute_scale_factor=False)`. Because the scale factor is given (not the size), output index o samples the
-source at (o + 0.5) * G / (n + 0.1) - 0.5, so a size-based resize does NOT reproduce it. DINOv2 uses the same
-+0.1 scheme (`interpolate_offset=0.1`, no antialias). The table is resampled once per input size, in float32 on the
+source at (o + 0.5) * G / (n + 0.1) - 0.5, so a size-based resize does NOT reproduce it. DINOv2 without registers
+uses the same +0.1 scheme (`interpolate_offset=0.1`, no antialias); the `_reg` models resize by size with
+antialias (see `export.model.resample_position_table`). The table is resampled once per input size, in float32 on the
 CPU as the original does, and the result is a constant the graph adds (no Resize op in an exported graph).
 """
 

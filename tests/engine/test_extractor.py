@@ -105,3 +105,29 @@ def test_extract_errors(extractor, small_batch):
         extractor.extract(torch.zeros(1, 3, 4, 64))
     with pytest.raises(InputError, match="load_size=4"):
         extractor.preprocess(EXAMPLES / "img_b.png", load_size=4)
+
+
+@pytest.mark.parametrize("model", ["dinov2_vits14_reg", "dinov3_vits16"])
+def test_torch_backend_positions_follow_the_family(model):
+    """The backend's cached positions (antialiased table for DINOv2 _reg, RoPE for DINOv3) equal the model's own."""
+    from dinofeat.export.model import Request
+    from dinofeat.testing import deterministic_state_dict
+
+    ex0 = dinofeat.Extractor(model=model, stride=7 if "v2" in model else 8,
+                             weights=_native_weights(model, deterministic_state_dict), device="cpu", progress=False)
+    vit = ex0.backend.model
+    batch = torch.randn(1, 3, 70, 98, generator=torch.Generator().manual_seed(0))
+    f = ex0.extract(batch, layer=[3, 11], facet="key", saliency=True)
+    with torch.no_grad():
+        k3, k11, sal = vit.forward_features(batch, Request(((3, "key"), (11, "key")), True))
+    assert torch.equal(f.per_layer[11], k11) and torch.equal(f.per_layer[3], k3)
+    assert torch.allclose(f.saliency, sal)
+
+
+def _native_weights(model, rule):
+    from dinofeat.export.model import StridedViT
+    from dinofeat.zoo import get_model_spec
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in StridedViT(get_model_spec(model)).state_dict().items()}
+    return rule(shapes)

@@ -45,6 +45,13 @@ def _vit():
     return m.eval()
 
 
+def _wid() -> str:
+    """The weights id `get_onnx` derives for these weights, so graphs are shared with tests/export via the cache."""
+    from dinofeat.export.onnx import weights_sha256
+
+    return weights_sha256(_vit())
+
+
 # ------------------------------------------------------------------------------------------------- golden parity
 @pytest.mark.parametrize("img", ["a", "b"])
 def test_keys_and_saliency_match_golden(ort_extractor, golden, img):
@@ -73,14 +80,14 @@ def test_runs_the_verified_fused_graph_on_the_cpu_provider(ort_extractor, golden
 def test_every_output_matches_the_torch_backend():
     """Parity with the torch backend on ORT CPU: every output within 1e-4 relative in fp32 (batch 2, 64x96)."""
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 64, 96)).astype(np.float32))
-    be = ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp32", "w-parity")
+    be = ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp32", _wid())
     ref = TorchBackend(_vit(), torch.device("cpu"), "fp32").run(x, MULTI)
     got = be.run(x, MULTI)
     assert list(got) == MULTI.output_names()
     for name in MULTI.output_names():
         assert got[name].shape == ref[name].shape and got[name].device == torch.device("cpu")
         assert rel_err(got[name], ref[name]) < 1e-4, name
-    plain = ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp32", "w-parity", optimize=False).run(x, MULTI)
+    plain = ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp32", _wid(), optimize=False).run(x, MULTI)
     for name in MULTI.output_names():
         assert rel_err(plain[name], ref[name]) < 1e-4, name
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...export.model import Request, StridedViT
-from ...export.posembed import interpolate_pos_embed
+from ...export.model import Request, StridedViT, resample_position_table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,7 +27,7 @@ class TorchBackend:
             if self.model.spec.pos == "learned":
                 # Resampled in fp32 on the CPU from the fp32 table (exactly the original), then moved.
                 spec, stride = self.model.spec, self.model.stride
-                table = interpolate_pos_embed(self._pos_table, 1, height, width, spec.patch_size, stride)
+                table = resample_position_table(spec, self._pos_table, height, width, stride)
                 self._pos[key] = table.to(self.device)
             else:
                 self._pos[key] = tuple(t.to(self.device) for t in self.model.rope_embedding(height, width))
