@@ -453,7 +453,7 @@ def find_correspondences(extractor: OriginalExtractor, image_path1, image_path2,
             bb_cls_attn2 = saliency_map2[nn_1[bbs_mask]]
             ranks = (bb_cls_attn1 + bb_cls_attn2) / 2
             for _k in range(n_clusters):
-                for i, (label, rank) in enumerate(zip(kmeans.labels_, ranks)):
+                for i, (label, rank) in enumerate(zip(kmeans.labels_, ranks, strict=False)):
                     if rank > bb_topk_sims[label]:
                         bb_topk_sims[label] = rank
                         bb_indices_to_show[label] = i
@@ -466,7 +466,7 @@ def find_correspondences(extractor: OriginalExtractor, image_path1, image_path2,
             img2_x_to_show = (img2_indices_to_show % num_patches2[1]).cpu().numpy()
             points1, points2 = [], []
             s, p = extractor.stride, extractor.p
-            for y1, x1, y2, x2 in zip(img1_y_to_show, img1_x_to_show, img2_y_to_show, img2_x_to_show):
+            for y1, x1, y2, x2 in zip(img1_y_to_show, img1_x_to_show, img2_y_to_show, img2_x_to_show, strict=False):
                 x1_show = (int(x1) - 1) * s[1] + s[1] + p // 2
                 y1_show = (int(y1) - 1) * s[0] + s[0] + p // 2
                 x2_show = (int(x2) - 1) * s[1] + s[1] + p // 2

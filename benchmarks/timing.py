@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+
 def _status_kb(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -211,7 +212,7 @@ class Clock:
 
     def intervals(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for (_, a), (name, b) in zip(self._events, self._events[1:]):
+        for (_, a), (name, b) in zip(self._events, self._events[1:], strict=False):
             dt = a.elapsed_time(b) / 1e3 if self.cuda else b - a
             out[name] = out.get(name, 0.0) + dt
         return out
@@ -284,6 +285,9 @@ def measure(fn, *, warmup: int = 1, repeat: int = 5, min_repeat: int = 2, budget
         if peaks and rss.resettable:
             mem["peak_rss_bytes"] = int(max(peaks))
             mem["peak_delta_bytes"] = int(max(max(peaks) - rss.before, 0))
+        gpu_peaks = [m["peak_gpu_bytes"] for m in part_mem.values() if m.get("peak_gpu_bytes")]
+        if gpu_peaks:
+            mem["peak_gpu_bytes"] = int(max(gpu_peaks))
     return Timing(times, warmup, method, stopped, parts), mem, out
 
 

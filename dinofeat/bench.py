@@ -24,7 +24,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
                    help="load sizes (shorter image side) of the main pipeline")
     g.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="torch-backend precisions of the main pipeline (default: fp32 bf16 on CPU, all on GPU)")
+                   help="torch-backend precisions of the main pipeline (default: all three; fp16 on a CPU without "
+                        "fast fp16 GEMM is skipped with the measured reason unless --cpu-fp16)")
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2],
                    help="batch sizes of the images/s measurement (at --batch-at sizes)")
     g.add_argument("--batch-at", type=int, nargs="+", default=[224], help="load sizes where batches are measured")

@@ -54,7 +54,7 @@ def cmd_match(args) -> int:
     canvas = draw_correspondences(corr)
     out = atomic_save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)))
     print(f"{len(corr)} pairs ({int(corr.bbs_mask.sum())} foreground best buddies); drawn to {out}")
-    for k, (p1, p2) in enumerate(zip(corr.points1, corr.points2)):
+    for k, (p1, p2) in enumerate(zip(corr.points1, corr.points2, strict=False)):
         print(f"  {k}: image1 (y={p1[0]}, x={p1[1]})  <->  image2 (y={p2[0]}, x={p2[1]})")
     if args.save:
         import numpy as np

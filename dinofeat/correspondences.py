@@ -106,7 +106,7 @@ def select_pairs(desc1: np.ndarray, desc2_of_bb: np.ndarray, scores: np.ndarray,
         raise InputError(f"kmeans_labels: expected shape ({n},), got {labels.shape}")
     best = np.full(k, -np.inf, dtype=np.float64)
     chosen = np.full(k, -1, dtype=np.int64)
-    for i, (label, score) in enumerate(zip(labels.tolist(), scores.tolist())):
+    for i, (label, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=False)):
         if score > best[label]:  # strictly greater: the earliest index wins ties
             best[label] = score
             chosen[label] = i

@@ -26,7 +26,7 @@ def draw_correspondences(corr, gap: int = 10) -> Image.Image:
     font = ImageFont.load_default()
     radius = max(3, min(height, width) // 60)
     off = im1.width + gap
-    for k, ((y1, x1), (y2, x2), color) in enumerate(zip(corr.points1, corr.points2, pair_colors(len(corr)))):
+    for k, ((y1, x1), (y2, x2), color) in enumerate(zip(corr.points1, corr.points2, pair_colors(len(corr)), strict=False)):
         draw.line([(x1, y1), (x2 + off, y2)], fill=color, width=1)
         for x, y in ((x1, y1), (x2 + off, y2)):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=(0, 0, 0), fill=color, width=1)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from testutil import GOLDEN, rel_err  # noqa: F401  (re-exported for older imports)
+from testutil import GOLDEN
 
 
 def pytest_configure(config):

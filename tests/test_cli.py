@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from testutil import EXAMPLES
 from PIL import Image
+from testutil import EXAMPLES
 
 
 def run(*args, check=True):

@@ -460,12 +460,11 @@ def save_onnx(model, path) -> Path:
     return cache.atomic_move(tmp, path)
 
 
-def _files_of(model, name: str) -> dict:
+def _files_of(model, name: str, directory: Path) -> dict:
     """Serialise for `cache.store`: {file name: bytes}, plus the external-data file for large models."""
     onnx = _require_onnx()
     if model.ByteSize() < MAX_PROTO_BYTES:
         return {name: model.SerializeToString()}
-    directory = cache.cache_subdir("onnx")  # pragma: no cover - large models only
     tmp = cache.temp_path(directory, name)
     onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=name + ".data", size_threshold=1024)
@@ -511,7 +510,7 @@ def get_onnx(vit: StridedViT, request: Request, height: int, width: int, *, prec
         plain = onnx.load(str(plain_path))
         model, report = optimize_for_onnxruntime(plain, spec, vit, verify=verify)
         meta = {"onnx": name, "fusion": report, **spec.cache_fields(variant)}
-    manifest = cache.store(directory, key, _files_of(model, name), meta)
+    manifest = cache.store(directory, key, _files_of(model, name, directory), meta)
     return Path(manifest["paths"][name])
 
 

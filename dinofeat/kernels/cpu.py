@@ -1,10 +1,11 @@
 """CPU implementation of the kernels: the C++/OpenMP extension ``dinofeat._native`` plus torch's BLAS.
 
 Functions here take host float32 arrays (the dispatcher validates and converts user input) and return numpy
-arrays. Best Buddies runs the GEMM of each chunk of ``S`` with the BLAS numpy or torch ships (see
-:func:`gemm_backend`) into one reused buffer and hands it to the C++ epilogue; rows are never copied or normalised: the
-epilogue scales ``S[i, j]`` by ``1 / max(|x1_i|, 1e-8)`` and ``1 / max(|x2_j|, 1e-8)``, so the extra memory is
-one chunk plus O(T1 + T2).
+arrays. Best Buddies runs the GEMM of each tile of ``S`` (rows of d1 x at most
+:data:`TILE_COLS` rows of d2) with the BLAS numpy or torch ships (see :func:`gemm_backend`) into one reused buffer and
+hands it to the C++ epilogue; rows are never copied or normalised: the epilogue scales ``S[i, j]`` by
+``1 / max(|x1_i|, 1e-8)`` and ``1 / max(|x2_j|, 1e-8)``, so the extra memory is one tile (~1 MiB), the BLAS's
+packing workspace for one tile-sized GEMM, and O(T1 + T2).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError
-from .reference import default_chunk
 
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,20 +42,38 @@ def gemm_backend() -> str:
     return "numpy" if forced == "numpy" else "torch"
 
 
-def _gemm(a: np.ndarray, b: np.ndarray, rows: int):
-    """Returns ``matmul(i0, i1) -> a[i0:i1] @ b.T`` written into one reused (rows, T2) float32 buffer."""
-    buf = np.empty((rows, b.shape[0]), dtype=np.float32)
+# Tiling of S (defaults; see best_buddies). One tile of S is the only O(T1 * T2)-ish buffer of the call, and the BLAS
+# packs a K-panel of the tile's d2 columns, so bounding the tile *width* also bounds the BLAS workspace: at
+# 4565x3025x6528 MKL's extra memory measured ~6 MiB with 3025-column GEMMs and ~2.5-3.5 MiB with <= 1024 columns.
+TILE_COLS = 1024  # at most this many columns of S per tile (T2 is split into equal tiles)
+TILE_BYTES = 1 << 20  # rows per tile: about this many bytes of fp32 S (~2% of the 52.7 MiB dense S of 4565x3025) ...
+TILE_MIN_ROWS = 256  # ... but at least this many (short GEMMs re-read d2 too often), at most T1
+
+
+def tile_shape(t1: int, t2: int, chunk: int | None = None) -> tuple[int, int]:
+    """``(rows, cols)`` of the S tiles: ``chunk`` (or the default) rows of d1 by at most :data:`TILE_COLS` of d2."""
+    n_col_tiles = -(-t2 // TILE_COLS)
+    cols = -(-t2 // n_col_tiles)
+    rows = int(chunk) if chunk else max(TILE_MIN_ROWS, TILE_BYTES // (4 * cols))
+    return max(1, min(rows, t1)), cols
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, rows: int, cols: int):
+    """Returns ``matmul(i0, i1, j0, j1) -> a[i0:i1] @ b[j0:j1].T`` written into one reused float32 buffer of
+    ``rows * cols`` elements (a C-contiguous view of its head; nothing is allocated per tile)."""
+    buf = np.empty(rows * cols, dtype=np.float32)
     if gemm_backend() == "torch":
-        ta, tbt, tbuf = torch.from_numpy(a), torch.from_numpy(b).t(), torch.from_numpy(buf)
+        ta, tb, tbuf = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(buf)
 
-        def mm(i0: int, i1: int) -> np.ndarray:
-            torch.matmul(ta[i0:i1], tbt, out=tbuf[: i1 - i0])
-            return buf[: i1 - i0]
+        def mm(i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+            r, c = i1 - i0, j1 - j0
+            torch.matmul(ta[i0:i1], tb[j0:j1].t(), out=tbuf[: r * c].view(r, c))
+            return buf[: r * c].reshape(r, c)
     else:
-        bt = b.T
 
-        def mm(i0: int, i1: int) -> np.ndarray:
-            return np.matmul(a[i0:i1], bt, out=buf[: i1 - i0])
+        def mm(i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+            r, c = i1 - i0, j1 - j0
+            return np.matmul(a[i0:i1], b[j0:j1].T, out=buf[: r * c].reshape(r, c))
 
     return mm
 
@@ -84,14 +102,19 @@ def log_bin(x: np.ndarray, num_patches: tuple[int, int], hierarchy: int, *, retu
 
 
 def best_buddies(d1: np.ndarray, d2: np.ndarray, *, precision: str = "fp32", chunk: int | None = None):
-    """Chunked Best Buddies on the CPU.
+    """Tiled Best Buddies on the CPU.
+
+    S is computed one (rows x cols) tile at a time (:func:`tile_shape`): for each chunk of ``rows`` rows of d1,
+    the column tiles in increasing order. The C++ epilogue folds each tile into the running column maxima (strict
+    '>', rows in increasing order: ties -> lowest row) and returns the tile's row maxima (first column on ties),
+    which are merged into the row results with a strict '>' in increasing column order (ties -> lowest column).
 
     Args:
         d1: (T1, C) float32 C-contiguous, T1 > 0.
         d2: (T2, C) float32 C-contiguous, T2 > 0.
         precision: "fp32"; "fp16"/"bf16" round the normalised rows to that type first (parity with the GPU
             path; on the CPU this needs normalised float32 copies of both inputs and is not faster).
-        chunk: rows of d1 per GEMM chunk (default: about 4 MB of S).
+        chunk: rows of d1 per tile (default: about 1 MiB of S per tile, at least 256 rows).
 
     Returns:
         ``(nn_1 int64 (T1,), sim_1 float32 (T1,), nn_2 int64 (T2,), sim_2 float32 (T2,), mask bool (T1,))``.
@@ -105,16 +128,31 @@ def best_buddies(d1: np.ndarray, d2: np.ndarray, *, precision: str = "fp32", chu
     else:  # normalise, round to the GEMM type, accumulate in float32
         a, b = (_rounded(x / nat.row_norms(x)[:, None], precision) for x in (d1, d2))
         row_scale = col_scale = None
-    step = int(chunk) if chunk else default_chunk(t1, t2)
+    rows, cols = tile_shape(t1, t2, chunk)
     nn_1 = np.empty(t1, dtype=np.int64)
     sim_1 = np.empty(t1, dtype=np.float32)
     nn_2 = np.full(t2, -1, dtype=np.int64)
     sim_2 = np.full(t2, -np.inf, dtype=np.float32)
-    matmul = _gemm(a, b, min(step, t1))
-    for i0 in range(0, t1, step):
-        i1 = min(i0 + step, t1)
-        s = matmul(i0, i1)
+    tile_val = np.empty(rows, dtype=np.float32)  # row maxima of one tile (columns > 0), merged into sim_1 / nn_1
+    tile_idx = np.empty(rows, dtype=np.int64)
+    upd = np.empty(rows, dtype=np.bool_)
+    matmul = _gemm(a, b, rows, cols)
+    for i0 in range(0, t1, rows):
+        i1 = min(i0 + rows, t1)
+        r = i1 - i0
         rs = None if row_scale is None else row_scale[i0:i1]
-        nat.bb_epilogue(s, i0, rs, col_scale, sim_1[i0:i1], nn_1[i0:i1], sim_2, nn_2)
+        for j0 in range(0, t2, cols):
+            j1 = min(j0 + cols, t2)
+            s = matmul(i0, i1, j0, j1)
+            cs = None if col_scale is None else col_scale[j0:j1]
+            if j0 == 0:  # first tile of these rows: its maxima are the running ones
+                nat.bb_epilogue(s, i0, rs, cs, sim_1[i0:i1], nn_1[i0:i1], sim_2[j0:j1], nn_2[j0:j1])
+                continue
+            tv, ti, up = tile_val[:r], tile_idx[:r], upd[:r]
+            nat.bb_epilogue(s, i0, rs, cs, tv, ti, sim_2[j0:j1], nn_2[j0:j1])
+            np.greater(tv, sim_1[i0:i1], out=up)
+            np.add(ti, j0, out=ti)  # tile-local -> global column
+            np.copyto(sim_1[i0:i1], tv, where=up)
+            np.copyto(nn_1[i0:i1], ti, where=up)
     mask = nn_2[nn_1] == np.arange(t1)
     return nn_1, sim_1, nn_2, sim_2, mask

@@ -152,6 +152,25 @@ def test_precision_and_device_errors():
         ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp16", "")
 
 
+def test_fused_graph_failing_its_check_falls_back_to_plain(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from dinofeat.export import onnx as export_onnx
+    from dinofeat.testing import deterministic_state_dict
+
+    def broken(*a, **k):
+        raise export_onnx.GraphCheckError("the ORT-optimised graph changes output 'key1' by 1e-2 relative")
+
+    monkeypatch.setattr(export_onnx, "optimize_for_onnxruntime", broken)
+    vit = StridedViT(replace(get_model_spec("dino_vits8"), depth=2), 4)
+    vit.load_state_dict(deterministic_state_dict({k: tuple(v.shape) for k, v in vit.state_dict().items()}))
+    be = ortb.OnnxRuntimeBackend(vit.eval(), torch.device("cpu"), "fp32", "w-small", cache_dir=tmp_path)
+    req = Request(facets=((1, "key"),))
+    with pytest.warns(RuntimeWarning, match="running the plain graph instead"):
+        out = be.run(torch.zeros(1, 3, 32, 32), req)
+    assert "_plain_" in be.session_for(32, 32, req).onnx_path and out["key1"].shape == (1, 49, 384)
+
+
 def test_create_session_for_benchmarks(ort_cache):
     vit = _vit()  # same graph as tests/export's 64x96 key9+saliency: a cache hit when those ran first
     session, inp, outs = ortb.create_session(vit, 4, 64, 96, layer=9, facet="key", saliency=True,

@@ -209,15 +209,15 @@ class OnnxRuntimeBackend:
         return self._sessions[key]
 
     def _build(self, height: int, width: int, request: Request, stream) -> _Session:
-        from ...export.onnx import get_onnx, output_shapes
+        from ...export.onnx import output_shapes
 
         providers = select_providers(self.device, self.precision, height=height, width=width,
                                      max_batch=self.max_batch, cache_dir=self.cache_dir,
                                      use_tensorrt=self.use_tensorrt, stream=stream)
         trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
         variant = "ort" if (self.optimize and not trt_first and self.precision == "fp32") else "plain"
-        path = get_onnx(self.model, request, height, width, precision=self.precision, weights_id=self.weights_id,
-                        variant=variant, cache_dir=self.cache_dir, progress=self.progress)
+        path = _graph(self.model, request, height, width, self.precision, self.weights_id, variant, self.cache_dir,
+                      self.progress)
         so = session_options(self.threads)
         session = self.ort.InferenceSession(str(path), so, providers=providers)
         _warn_on_fallback(session, providers)
@@ -252,6 +252,19 @@ class OnnxRuntimeBackend:
         return outs
 
 
+def _graph(vit, request, height, width, precision, weights_id, variant, cache_dir, progress):
+    """Path of the ONNX file to run; an ORT-fused graph that fails its output check falls back to the plain one."""
+    from ...export.onnx import GraphCheckError, get_onnx
+
+    kw = dict(precision=precision, weights_id=weights_id, cache_dir=cache_dir, progress=progress)
+    if variant == "ort":
+        try:
+            return get_onnx(vit, request, height, width, variant="ort", **kw)
+        except GraphCheckError as e:
+            warnings.warn(f"{e}; running the plain graph instead", RuntimeWarning, stacklevel=3)
+    return get_onnx(vit, request, height, width, variant="plain", **kw)
+
+
 def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width: int = 224, *, weights=None,
                    layer=9, facet: str = "key", saliency: bool = False, precision: str = "fp32",
                    optimize: bool = True, device="cpu", threads: int | None = None, cache_dir=None,
@@ -267,7 +280,7 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
         ``(session, input_name, output_names)``; feed ``{input_name: (B, 3, H, W) float32 array}``.
     """
     from ...export.model import check_request
-    from ...export.onnx import INPUT_NAME, get_onnx, weights_sha256
+    from ...export.onnx import INPUT_NAME, weights_sha256
 
     if isinstance(model, StridedViT):
         vit, weights_id = model.float().cpu().eval(), weights_sha256(model)
@@ -287,8 +300,7 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
     providers = select_providers(device, precision, height=height, width=width, cache_dir=cache_dir)
     trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
     variant = "ort" if optimize and precision == "fp32" and not trt_first else "plain"
-    path = get_onnx(vit, request, height, width, precision=precision, weights_id=weights_id, variant=variant,
-                    cache_dir=cache_dir, progress=progress)
+    path = _graph(vit, request, height, width, precision, weights_id, variant, cache_dir, progress)
     ort = import_onnxruntime()
     session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     _warn_on_fallback(session, providers)

@@ -39,4 +39,4 @@ class TorchBackend:
         kwargs = {"pos": pos} if self.model.spec.pos == "learned" else {"rope": pos}
         with torch.inference_mode():
             outs = self.model.forward_features(batch.to(self.device, self.dtype), request, **kwargs)
-        return {name: out.float() for name, out in zip(request.output_names(), outs)}
+        return {name: out.float() for name, out in zip(request.output_names(), outs, strict=False)}
