@@ -48,7 +48,7 @@ def gemm_backend() -> str:
 # one 346x3025 chunk (the old default) 8.6 MiB, 259x1009 tiles 2.7 MiB, 519x505 tiles 2.1 MiB; time: 519x505 tiles
 # ran at 0.95x a dense matmul + two max passes (median of 7, interleaved), 259-row tiles at ~1.12-1.17x.
 TILE_COLS = 512  # at most this many columns of S per tile (T2 is split into equal tiles)
-TILE_BYTES = 1 << 20  # rows per tile: about this many bytes of fp32 S (~2% of the 52.7 MiB dense S of 4565x3025) ...
+TILE_BYTES = 1 << 20  # rows per tile: about this many bytes of S (~2% of the dense S of 4565x3025) ...
 TILE_MIN_ROWS = 256  # ... but at least this many (short GEMMs re-read d2 too often), at most T1
 
 
@@ -136,7 +136,8 @@ def best_buddies(d1: np.ndarray, d2: np.ndarray, *, precision: str = "fp32", chu
     sim_1 = np.empty(t1, dtype=np.float32)
     nn_2 = np.full(t2, -1, dtype=np.int64)
     sim_2 = np.full(t2, -np.inf, dtype=np.float32)
-    tile_val = np.empty(rows, dtype=np.float32)  # row maxima of one tile (columns > 0), merged into sim_1 / nn_1
+    # row maxima of one tile (not the first of its rows), merged into sim_1 / nn_1
+    tile_val = np.empty(rows, dtype=np.float32)
     tile_idx = np.empty(rows, dtype=np.int64)
     upd = np.empty(rows, dtype=np.bool_)
     matmul = _gemm(a, b, rows, cols)

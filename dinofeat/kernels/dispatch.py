@@ -213,7 +213,7 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
         desc2: (T2, C) descriptors of image 2, same kind and device as ``desc1``.
         precision: "fp32" (default, matches the original), "fp16" or "bf16": normalised rows rounded to that
             type for a faster GEMM, products accumulated in float32.
-        chunk: rows of desc1 per similarity chunk (default: about 4 MB of S on CPU, 256 MB on GPU).
+        chunk: rows of desc1 per similarity tile (default: ~1 MiB S tiles of <= 512 columns on CPU, 256 MB on GPU).
         impl: "auto" | "reference" | "cpu" | "cuda".
 
     Returns:
