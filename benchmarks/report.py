@@ -10,7 +10,8 @@ from pathlib import Path
 
 STAGE_NAMES = {"preprocess": "preprocess", "forward": "ViT forward (keys + saliency)", "log_bin": "log-bin",
                "best_buddies": "Best Buddies", "fg_filter_selection": "foreground filter + selection",
-               "end_to_end": "end to end (pair)"}
+               "end_to_end": "end to end (pair, staged)",
+               "end_to_end_public": "end to end, `find_correspondences`"}
 
 
 # ------------------------------------------------------------------------------------------------ format
@@ -40,7 +41,9 @@ def fb(b) -> str:
 def fx(r) -> str:
     if r is None:
         return "–"
-    return f"{r:,.0f}×" if r >= 100 else f"{r:.1f}×"
+    if r >= 100:
+        return f"{r:,.0f}×"
+    return f"{r:.1f}×" if r >= 1 else f"{r:.2f}×"
 
 
 def fp(f) -> str:
@@ -159,7 +162,7 @@ def _paper(res) -> list[str]:
     sim = base.get("similarity") or {}
     for stage, row in ps["stages"].items():
         bcell = fs(row.get("baseline_s"))
-        if stage in ("best_buddies", "end_to_end") and sim and not sim.get("full"):
+        if stage in ("best_buddies", "end_to_end", "end_to_end_public") and sim and not sim.get("full"):
             bcell += f" (loop extrapolated from {sim['rows_measured']} measured rows)"
         cells = [STAGE_NAMES.get(stage, stage), bcell]
         for p in precs:
@@ -171,6 +174,25 @@ def _paper(res) -> list[str]:
             cells.append("–" if f32 is None else f"{fp(f32)} / {fp(b16)}")
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
+    lb = [c for c in res["cases"] if c.get("kind") == "stage" and c.get("stage") == "log_bin"
+          and c.get("size") == ps["size"] and c.get("precision") == "fp32" and c.get("bytes_floor_s")]
+    if lb:
+        nbytes = sum(c["bytes"] for c in lb)
+        floor_s = sum(c["bytes_floor_s"] for c in lb)
+        took = sum(c["time"]["median_s"] for c in lb)
+        L.append(f"Log-bin is memory-bound: it must read and write {fb(nbytes)} for the pair, "
+                 f"{fs(floor_s)} at the copy bandwidth measured in this run; dinofeat fp32 takes {fs(took)} "
+                 f"({fp(floor_s / took)} of that floor).")
+        L.append("")
+    for p in precs:
+        inside = (ps["stages"].get("end_to_end_public") or {}).get(f"{p}_inside")
+        if inside:
+            L.append(f"Inside `find_correspondences` ({p} extractor; medians per call): preprocess ×2 "
+                     f"{fs(inside['preprocess']['median_s'])}, extract ×2 (forward + log-bin) "
+                     f"{fs(inside['extract']['median_s'])}, best_buddies {fs(inside['best_buddies']['median_s'])}, "
+                     f"select_pairs (k-means + ranking) {fs(inside['select_pairs']['median_s'])}, rest "
+                     f"{fs(inside['rest']['median_s'])}.")
+            L.append("")
     if ps.get("speedup_fp32"):
         met = "meets" if ps["meets_target"] else "does **not** meet"
         L.append(f"**End to end: dinofeat fp32 {fs(ps['engine_fp32_end_to_end_s'])} "
@@ -219,8 +241,9 @@ def _resolutions(res) -> list[str]:
     sizes = res["config"]["sizes"]
     L = ["### Resolutions (torch backend, batch 1)", "",
          "| load | T (A / B) | precision | preprocess A | forward A | log-bin A | Best Buddies | fg + selection | "
-         "pair end to end | pairs/s | images/s (A) | forward A % of fp32 floor | peak RSS growth (pair) |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "pair end to end | pairs/s | images/s (A) | forward A % of fp32 / bf16 floor | pair % of fp32 / bf16 floor "
+         "| peak RSS growth (pair) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sizes:
         for p in res["config"]["precisions"]:
             e2e = _find(cases, kind="stage", stage="end_to_end", size=size, precision=p)
@@ -238,14 +261,17 @@ def _resolutions(res) -> list[str]:
             L.append(f"| {size} | {e2e['T'][0]} / {e2e['T'][1]} | {p} | {_t(st('preprocess', 'a'))} | {_t(fwd)} | "
                      f"{_t(st('log_bin', 'a'))} | {_t(st('best_buddies', 'pair'))} | "
                      f"{_t(st('fg_filter_selection', 'pair'))} | {_t(e2e)} | {e2e['pairs_per_s']:.3f} | "
-                     f"{img[0]['images_per_s']:.3f} | {fp(fwd.get('fraction_of_floor_fp32'))} | "
-                     f"{_mem(e2e['memory'])} |" if img else "")
+                     f"{img[0]['images_per_s']:.3f} | {fp(fwd.get('fraction_of_floor_fp32'))} / "
+                     f"{fp(fwd.get('fraction_of_floor_bf16'))} | {fp(e2e.get('fraction_of_floor_fp32'))} / "
+                     f"{fp(e2e.get('fraction_of_floor_bf16'))} | {_mem(e2e['memory'])} |" if img else "")
     pub = _find(cases, kind="e2e_public")
     if pub:
         L.append("")
         L.append("Public `find_correspondences` (end to end, same extractor, warm): " + "; ".join(
             f"load {c['size']} {c['precision']}: {_t(c)}, {c['pairs_per_s']:.3f} pairs/s, points identical to the "
-            f"staged pipeline: {c['points_equal_staged']}" for c in pub) + ".")
+            f"staged pipeline: {c['points_equal_staged']}"
+            + ("" if c["precision"] == "fp32" else " (find_correspondences matches in fp32 whatever the extractor's "
+               "precision; the staged pipeline uses the same precision for Best Buddies)") for c in pub) + ".")
     L.append("")
     return L
 
@@ -416,7 +442,8 @@ def plots(res: dict, out: Path, tag: str) -> dict[str, str]:
     machine = f"{res['environment']['cpu']['name']}, {res['environment']['cpu']['logical cores']} cores"
     # 1. stage breakdown at the paper setting (log scale: the baseline is orders of magnitude slower)
     if ps.get("stages"):
-        stages = [s for s in ps["stages"] if s != "end_to_end"] + ["end_to_end"]
+        stages = [s for s in ps["stages"] if not s.startswith("end_to_end")] + \
+            [s for s in ("end_to_end", "end_to_end_public") if s in ps["stages"]]
         series = [("baseline", "baseline_s", "#999999")] + [(f"dinofeat {p}", f"{p}_s", c) for p, c in
                                                               zip(precs, ("#1f77b4", "#ff7f0e", "#2ca02c"),
                                                                   strict=False)]
@@ -501,3 +528,90 @@ def plots(res: dict, out: Path, tag: str) -> dict[str, str]:
         plt.close(fig)
         paths["scaling"] = str(p)
     return paths
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+
+
+def readme_section(res: dict, results_rel: str, images: dict[str, str], doctor_text: str | None = None,
+                   doctor_command: str = "dinofeat doctor", generator: str = "") -> str:
+    """The README's benchmark section: how to reproduce, the tables and plots of `res`, and the doctor output."""
+    images = {k: f"{results_rel}/{v}" for k, v in images.items()}
+    L = [BEGIN, "## Benchmarks", ""]
+    if generator:
+        L += [f"<!-- generated by `{generator}`; edit benchmarks/report.py, not this text -->", ""]
+    L.append(f"Reproduce with **`{res['command']}`** ({res['wall_s'] / 60:.0f} min wall time on the machine below). "
+             f"Every figure, with the configuration, versions, machine and model hash, is in "
+             f"[`{results_rel}/{res['config']['tag']}.json`]({results_rel}/{res['config']['tag']}.json); the "
+             f"tables are also in `{results_rel}/{res['config']['tag']}.md`. `python -m benchmarks` takes the same "
+             "arguments; `--help` lists them (sizes, precisions, batch sizes, backends, kernel implementations, "
+             "alternatives, `--baseline-rows N` / `--full-baseline`, protocol).")
+    L.append("")
+    L.append("The **baseline** is `benchmarks/baseline.py`, a re-implementation of the original code's structure "
+             "(four full forwards with materialised attention and hooks, the Python-loop log-binning, the per-row "
+             "cosine loop over permuted views, dense similarity, k-means) checked against dinofeat and the "
+             "original's golden outputs in the same run. Its per-row loop is timed on a subset of rows and scaled "
+             "linearly to all rows (stated wherever it applies); `--full-baseline` runs all of it.")
+    L.append("")
+    L.append(markdown(res, images).rstrip())
+    L.append("")
+    if doctor_text:
+        L += ["### `dinofeat doctor` on this machine", "", f"`{doctor_command}`", "", "```text",
+              doctor_text.rstrip(), "```", ""]
+    L.append(END)
+    return "\n".join(L) + "\n"
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the benchmark markers (or append the section) in `readme`, atomically."""
+    text = readme.read_text() if readme.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.report RESULT.json [--readme README.md] [--doctor doctor.txt]``.
+
+    Regenerates TAG.md (and, with --plots, the PNGs) from a result JSON; with --readme also writes the README's
+    benchmark section between its markers.
+    """
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__.splitlines()[0])
+    p.add_argument("result", help="TAG.json written by `dinofeat bench`")
+    p.add_argument("--readme", default=None, help="README to update between the benchmark markers")
+    p.add_argument("--doctor", default=None, help="text file with `dinofeat doctor` output to embed")
+    p.add_argument("--plots", action="store_true", help="redraw the PNG plots too")
+    a = p.parse_args(argv)
+    path = Path(a.result)
+    res = json.loads(path.read_text())
+    tag = res["config"]["tag"]
+    images = {k: f"{tag}_{k}.png" for k in ("stages", "resolution", "scaling") if (path.parent / f"{tag}_{k}.png")
+              .is_file()}
+    if a.plots:
+        images = {k: Path(v).name for k, v in plots(res, path.parent, tag).items()}
+    (path.parent / f"{tag}.md").write_text(markdown(res, images))
+    if a.readme:
+        readme = Path(a.readme)
+        import os
+
+        rel = os.path.relpath(path.parent.resolve(), readme.parent.resolve())
+        doctor = Path(a.doctor).read_text() if a.doctor else None
+        gen = "python -m benchmarks.report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+        update_readme(readme, readme_section(res, rel, images, doctor, generator=gen))
+        print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

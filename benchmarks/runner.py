@@ -183,6 +183,34 @@ def _fit_exponent(xs, ys) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
+@contextlib.contextmanager
+def _instrumented(ex, acc: dict):
+    """Time what find_correspondences calls (preprocess, extract, best_buddies, select_pairs) without changing it."""
+    import dinofeat.correspondences as corr_mod
+    from dinofeat import kernels as kernels_mod
+
+    def wrap(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+
+        return wrapper
+
+    orig_bb, orig_sel = kernels_mod.best_buddies, corr_mod.select_pairs
+    ex.preprocess = wrap("preprocess", type(ex).preprocess.__get__(ex))
+    ex.extract = wrap("extract", type(ex).extract.__get__(ex))
+    kernels_mod.best_buddies = wrap("best_buddies", orig_bb)
+    corr_mod.select_pairs = wrap("select_pairs", orig_sel)
+    try:
+        yield
+    finally:
+        del ex.preprocess, ex.extract
+        kernels_mod.best_buddies, corr_mod.select_pairs = orig_bb, orig_sel
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -453,8 +481,19 @@ class Runner:
                                                  layer=cfg.layer, facet=cfg.facet, bin=True, thresh=cfg.thresh,
                                                  extractor=ex)
 
+        splits: list[dict] = []
+        instrument = self.device.type == "cpu"  # on GPU the wrappers would time kernel launches only
+
+        def timed_fn():
+            acc: dict[str, float] = {}
+            splits.append(acc)
+            if not instrument:
+                return fn()
+            with _instrumented(ex, acc):
+                return fn()
+
         self.log(f"[{size}] torch {precision}: public find_correspondences end to end")
-        timing, mem, corr = measure(fn, **self.protocol(warmup=0))
+        timing, mem, corr = measure(timed_fn, **self.protocol(warmup=0))
         T1, T2 = staged["T"]
         case = {"kind": "e2e_public", "stage": "end_to_end", "size": size, "image": "pair", "batch": 1,
                 "backend": "torch", "precision": precision, "device": str(self.device), "T": [T1, T2],
@@ -463,6 +502,15 @@ class Runner:
                 "warm": "warm-up 0: the staged pipeline ran on this extractor at this size just before",
                 "best_buddies_precision": "fp32 (find_correspondences always matches in fp32)",
                 "points_equal_staged": corr.points1 == staged["points1"] and corr.points2 == staged["points2"]}
+        if instrument and splits:
+            inside = {k: summarize([sp.get(k, 0.0) for sp in splits]) for k in
+                      ("preprocess", "extract", "best_buddies", "select_pairs")}
+            rest = [t - sum(sp.values()) for t, sp in zip(timing.times, splits, strict=False)]
+            inside["rest"] = summarize(rest)
+            case["inside"] = inside
+            case["inside_note"] = ("wall time inside find_correspondences per call (perf_counter wrappers): "
+                                   "preprocess x2, extract x2 (forward + log-bin), best_buddies, select_pairs "
+                                   "(k-means + ranking), rest (foreground filter, indexing, coordinates)")
         self.with_floor(case, staged["case"].get("flops"))
         self.add(case)
         self.log(f"[{size}] torch {precision}: find_correspondences {timing.median:.2f} s median (n={len(timing.times)})")
@@ -899,6 +947,25 @@ def paper_summary(cfg: Config, cases, baseline: dict, agreement: dict, rates: di
                 if row.get("baseline_s") and row.get("floor_fp32_s"):
                     row["baseline_fraction_of_floor_fp32"] = row["floor_fp32_s"] / row["baseline_s"]
         stages[stage] = row
+    row = {}
+    for p, cs in pub.items():
+        if cs:
+            c = cs[0]
+            row[f"{p}_s"], row[f"{p}_p90_s"], row[f"{p}_n"] = c["time"]["median_s"], c["time"]["p90_s"], c["time"]["n"]
+            row[f"{p}_peak_delta_bytes"] = c["memory"].get("peak_delta_bytes")
+            if baseline:
+                row["baseline_s"] = baseline["stages_s"]["end_to_end"]
+                row[f"ratio_baseline_over_{p}"] = row["baseline_s"] / row[f"{p}_s"]
+            if c.get("inside"):
+                row[f"{p}_inside"] = c["inside"]
+    if row and stages.get("end_to_end", {}).get("flops"):
+        row.update(FL.floors(stages["end_to_end"]["flops"], rates))
+        for p in cfg.precisions:
+            for fk in ("floor_fp32_s", "floor_bf16_s"):
+                if row.get(f"{p}_s") and row.get(fk):
+                    row[f"{p}_fraction_of_{fk[:-2]}"] = row[fk] / row[f"{p}_s"]
+    if row:
+        stages["end_to_end_public"] = row
     out["stages"] = stages
     fp32_pub = pub.get("fp32") or []
     e2e_fp32 = fp32_pub[0]["time"]["median_s"] if fp32_pub else stages.get("end_to_end", {}).get("fp32_s")
@@ -969,6 +1036,13 @@ def write_outputs(result: dict, cfg: Config) -> dict[str, str]:
 
 def main_from_args(args, argv: list[str] | None = None, prog: str = "dinofeat") -> int:
     """Run with parsed arguments; `argv` / `prog` only label the command recorded in the outputs."""
+    import signal
+
+    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C so temporary caches are removed
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, _term)
     cfg = config_from_args(args)
     argv = sys.argv[1:] if argv is None else argv
     cfg.command = " ".join([prog, *map(shlex.quote, argv)])

@@ -156,20 +156,29 @@ def summarize(values: list[float]) -> dict:
 class Clock:
     """Marks named points inside one call: ``clock.mark("forward")`` closes the interval since the last mark.
 
-    Each interval also gets its peak memory: on Linux the RSS high-water mark is read and reset at every mark, so
-    ``memory()[name]`` is the peak RSS during that interval minus the RSS when it began (and the peak GPU memory
-    torch allocated in it, on CUDA). On CUDA the marks are CUDA events on the current stream, resolved after the
-    final synchronisation.
+    Timed calls get bare timestamps (CUDA events on the current stream on GPU), nothing else, so the stages run
+    back to back exactly as in the library. Per-stage memory is taken in a separate *memory pass* (the warm-up
+    call, untimed): at every mark the RSS high-water mark is read, then freed memory is returned to the OS
+    (``gc.collect`` + ``malloc_trim``) and the mark is reset, so ``memory()[name]`` is the peak RSS during that
+    stage minus the RSS when it began (and torch's peak GPU allocation, on CUDA). Without a warm-up call the
+    memory is read in the timed calls with the cheap part only (high-water mark read + reset, no trim), which can
+    under-count a stage that reuses memory freed by the previous one (``memory_method`` says which).
     """
 
     def __init__(self, device=None):
         self.cuda = device is not None and getattr(device, "type", "cpu") == "cuda"
         self.device = device
-        self._events: list[tuple[str, object]] = []
+        self._spans: list[tuple[str, object, object]] = []
+        self._open = None
         self._mem: dict[str, dict] = {}
         self._rss_start = 0
+        self._gpu_start = 0
+        self.mode = "time"  # "time" | "memory" (trim + reset at marks) | "time+memory" (cheap reset at marks)
+        self.overhead = 0.0
 
-    def _reset_peaks(self) -> None:
+    def _reset_peaks(self, trim: bool) -> None:
+        if trim:
+            _trim()
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -182,13 +191,8 @@ class Clock:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._gpu_start = torch.cuda.memory_allocated(self.device)
 
-    def start(self):
-        self._mem = {}
-        self._reset_peaks()
-        self._events = [("", self._now())]
-
     def _now(self):
-        if self.cuda:
+        if self.cuda and self.mode != "memory":
             import torch
 
             ev = torch.cuda.Event(enable_timing=True)
@@ -196,24 +200,49 @@ class Clock:
             return ev
         return time.perf_counter()
 
-    def mark(self, name: str) -> None:
-        self._events.append((name, self._now()))
-        hwm = _status_kb("VmHWM")
-        m = {"peak_rss_bytes": hwm * 1024 if hwm is not None else None, "rss_before_bytes": self._rss_start}
-        if hwm is not None:
-            m["peak_delta_bytes"] = max(hwm * 1024 - self._rss_start, 0)
-        if self.cuda:
-            import torch
+    def start(self, mode: str = "time"):
+        """Begin a call; measure() calls this right before its own start time."""
+        self.mode = mode
+        self._spans = []
+        self.overhead = 0.0
+        if mode != "time":
+            self._mem = {}
+            self._reset_peaks(trim=mode == "memory")
+        self._open = self._now()
 
-            m["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-            m["peak_gpu_delta_bytes"] = int(m["peak_gpu_bytes"] - self._gpu_start)
-        self._mem[name] = m
-        self._reset_peaks()
+    def mark(self, name: str) -> None:
+        end = self._now()
+        if self._open is None:  # outside a call measure() manages
+            return
+        self._spans.append((name, self._open, end))
+        if self.mode != "time":
+            t0 = time.perf_counter()
+            hwm = _status_kb("VmHWM")
+            m = {"peak_rss_bytes": hwm * 1024 if hwm is not None else None, "rss_before_bytes": self._rss_start}
+            if hwm is not None:
+                m["peak_delta_bytes"] = max(hwm * 1024 - self._rss_start, 0)
+            if self.cuda:
+                import torch
+
+                m["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+                m["peak_gpu_delta_bytes"] = int(m["peak_gpu_bytes"] - self._gpu_start)
+            m["memory_method"] = ("separate untimed pass; freed memory returned to the OS before each stage"
+                                  if self.mode == "memory" else
+                                  "in the timed call, high-water mark reset per stage without trimming")
+            old = self._mem.get(name)
+            if old is None or (m.get("peak_delta_bytes") or 0) >= (old.get("peak_delta_bytes") or 0):
+                self._mem[name] = m
+            self._reset_peaks(trim=self.mode == "memory")
+            self.overhead += time.perf_counter() - t0
+        self._open = self._now()
+
+    def stop(self) -> None:
+        self._open = None
 
     def intervals(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for (_, a), (name, b) in zip(self._events, self._events[1:], strict=False):
-            dt = a.elapsed_time(b) / 1e3 if self.cuda else b - a
+        for name, a, b in self._spans:
+            dt = a.elapsed_time(b) / 1e3 if (self.cuda and not isinstance(a, float)) else b - a
             out[name] = out.get(name, 0.0) + dt
         return out
 
@@ -235,15 +264,19 @@ def measure(fn, *, warmup: int = 1, repeat: int = 5, min_repeat: int = 2, budget
 
     cuda = device is not None and getattr(device, "type", "cpu") == "cuda"
     out = None
-    for _ in range(warmup):
+    for i in range(warmup):
+        if clock is not None and i == 0:
+            clock.start("memory")  # the memory pass (untimed)
         out = fn()
+        if clock is not None:
+            clock.stop()
         del out
         out = None
+    timed_mode = "time" if (clock is None or warmup > 0) else "time+memory"
     if cuda:
         torch.cuda.synchronize(device)
     times: list[float] = []
     parts: dict[str, list[float]] = {}
-    part_mem: dict[str, dict] = {}
     stopped = "repeat"
     with PeakRSS() as rss, PeakGPU(device if cuda else None) as gpu:
         total = 0.0
@@ -253,7 +286,7 @@ def measure(fn, *, warmup: int = 1, repeat: int = 5, min_repeat: int = 2, budget
                 torch.cuda.synchronize(device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 if clock is not None:
-                    clock.start()
+                    clock.start(timed_mode)
                 start.record()
                 out = fn()
                 end.record()
@@ -261,33 +294,34 @@ def measure(fn, *, warmup: int = 1, repeat: int = 5, min_repeat: int = 2, budget
                 dt = start.elapsed_time(end) / 1e3
             else:
                 if clock is not None:
-                    clock.start()
+                    clock.start(timed_mode)
                 t0 = time.perf_counter()
                 out = fn()
                 dt = time.perf_counter() - t0
+            if clock is not None:
+                clock.stop()
+                dt -= clock.overhead  # memory housekeeping between the marked intervals
             times.append(dt)
             if clock is not None:
                 for k, v in clock.intervals().items():
                     parts.setdefault(k, []).append(v)
-                for k, m in clock.memory().items():
-                    old = part_mem.get(k)
-                    if old is None or (m.get("peak_delta_bytes") or 0) > (old.get("peak_delta_bytes") or 0):
-                        part_mem[k] = m
             total += dt
             if budget_s is not None and total >= budget_s and len(times) >= min_repeat and len(times) < repeat:
                 stopped = "budget"
                 break
     method = "cuda events + synchronize" if cuda else "time.perf_counter"
     mem = {**rss.as_dict(), **gpu.as_dict()}
-    if part_mem:  # the clock reset the high-water mark at each mark: the overall peak is the parts' largest
-        mem["parts"] = part_mem  # per named interval: the largest growth over the repetitions
-        peaks = [m["peak_rss_bytes"] for m in part_mem.values() if m.get("peak_rss_bytes")]
-        if peaks and rss.resettable:
-            mem["peak_rss_bytes"] = int(max(peaks))
-            mem["peak_delta_bytes"] = int(max(max(peaks) - rss.before, 0))
-        gpu_peaks = [m["peak_gpu_bytes"] for m in part_mem.values() if m.get("peak_gpu_bytes")]
-        if gpu_peaks:
-            mem["peak_gpu_bytes"] = int(max(gpu_peaks))
+    part_mem = clock.memory() if clock is not None else {}
+    if part_mem:
+        mem["parts"] = part_mem  # per named interval (see Clock)
+        if timed_mode != "time":  # the high-water mark was reset at each mark: the overall peak is the parts'
+            peaks = [m["peak_rss_bytes"] for m in part_mem.values() if m.get("peak_rss_bytes")]
+            if peaks and rss.resettable:
+                mem["peak_rss_bytes"] = int(max(peaks))
+                mem["peak_delta_bytes"] = int(max(max(peaks) - rss.before, 0))
+            gpu_peaks = [m["peak_gpu_bytes"] for m in part_mem.values() if m.get("peak_gpu_bytes")]
+            if gpu_peaks:
+                mem["peak_gpu_bytes"] = int(max(gpu_peaks))
     return Timing(times, warmup, method, stopped, parts), mem, out
 
 

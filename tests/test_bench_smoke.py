@@ -158,6 +158,16 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     for key in ("stages", "resolution", "scaling"):
         png = open(paths[key], "rb").read()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # the README section is regenerated in place between its markers
+    from benchmarks import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nintro\n")
+    for _ in range(2):
+        assert report.main([paths["json"], "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title") and text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    assert "## Benchmarks" in text and cfg.command in text and "(./smoke_stages.png)" in text
 
 
 @pytest.mark.parametrize("cmd", [[sys.executable, "-m", "dinofeat", "bench", "--help"],
