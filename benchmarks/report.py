@@ -484,8 +484,11 @@ def plots(res: dict, out: Path, tag: str) -> dict[str, str]:
             img = sorted(_find(cases, kind="images", image="a", precision=p, source="staged pipeline"),
                          key=lambda c: c["size"])
             ax1.plot([c["size"] for c in img], [c["images_per_s"] for c in img], "s--", label=f"images/s torch {p}")
-        for c in _find(cases, kind="backend", stage="image_end_to_end"):
-            ax1.plot([c["size"]], [c["images_per_s"]], "^", label=f"images/s {c['backend']} {c['precision']}")
+        other = _find(cases, kind="backend", stage="image_end_to_end")
+        for key in dict.fromkeys((c["backend"], c["precision"]) for c in other):
+            sel = sorted((c for c in other if (c["backend"], c["precision"]) == key), key=lambda c: c["size"])
+            ax1.plot([c["size"] for c in sel], [c["images_per_s"] for c in sel], "^:",
+                     label=f"images/s {key[0]} {key[1]}")
         ax1.set_yscale("log")
         ax1.set_xlabel("load size (shorter side, px)")
         ax1.set_ylabel("per second (log)")
