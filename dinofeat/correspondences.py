@@ -126,13 +126,16 @@ def token_to_pixel(idx: np.ndarray, num_patches: tuple[int, int], stride: int, p
 def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, layer: int = 9, facet: str = "key",
                          bin: bool = True, thresh: float = 0.05, model: str = "dino_vits8", stride: int = 4,
                          weights=None, backend: str = "auto", device="auto", *, extractor=None,
-                         precision: str = "fp32", kmeans_labels=None, progress: bool = False) -> Correspondences:
+                         precision: str = "fp32", match_precision: str = "fp32", kmeans_labels=None,
+                         progress: bool = False) -> Correspondences:
     """Best-Buddies correspondences between two images, as the original `find_correspondences`.
 
     Args:
         image1, image2: path, PIL image or HxWx3 uint8 array.
         num_pairs: number of pairs to return (k-means clusters); fewer when fewer best buddies survive.
         extractor: an existing `Extractor` to reuse (then model/stride/weights/backend/device/precision are ignored).
+        precision: the ViT's precision when the extractor is created here ("fp32" exact, "bf16", "fp16").
+        match_precision: GEMM precision of Best Buddies ("fp32" default, exact; "bf16"/"fp16" faster on GPUs).
         kmeans_labels: labels of the surviving best buddies to use instead of running k-means.
 
     Returns:
@@ -156,7 +159,7 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     f2 = ex.extract(batch2, layer=layer, facet=facet, bin=bin, saliency=True)
     d1, d2 = f1.descriptors[0], f2.descriptors[0]
     sal1, sal2 = f1.saliency[0], f2.saliency[0]
-    bb = kernels.best_buddies(d1, d2)
+    bb = kernels.best_buddies(d1, d2, precision=match_precision)
     fg1, fg2 = sal1 > thresh, sal2 > thresh
     bbs = foreground_filter(bb.mask, bb.nn_2, fg1, fg2)
     bb_idx = torch.nonzero(bbs, as_tuple=False).squeeze(1)

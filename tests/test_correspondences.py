@@ -63,3 +63,13 @@ def test_argument_errors(extractor, kwargs, message):
 def test_bad_image_path_names_the_file(extractor, tmp_path):
     with pytest.raises(InputError, match="file not found.*nope.png"):
         dinofeat.find_correspondences(tmp_path / "nope.png", EXAMPLES / "img_b.png", extractor=extractor)
+
+
+def test_match_precision_bf16_is_an_option_close_to_fp32(extractor):
+    kw = dict(load_size=64, extractor=extractor)
+    exact = dinofeat.find_correspondences(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", **kw)
+    fast = dinofeat.find_correspondences(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", match_precision="bf16", **kw)
+    assert (fast.nn_1 == exact.nn_1).float().mean() > 0.8
+    assert not torch.equal(fast.sim_1, exact.sim_1)  # really computed in bf16
+    with pytest.raises(InputError, match="precision"):
+        dinofeat.find_correspondences(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", match_precision="int4", **kw)
