@@ -192,32 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose modules live elsewhere: (name, module, add-arguments function, main function, help).
+OPTIONAL_COMMANDS = (
+    ("export", ".export.cli", "add_export_arguments", "export_main", "export the strided ViT to ONNX / TensorRT"),
+    ("doctor", ".doctor", "add_doctor_arguments", "doctor_main",
+     "print versions and devices, self-test every backend and kernel"),
+    ("bench", ".bench", "add_bench_arguments", "bench_main", "benchmark stages and end-to-end throughput"),
+)
+
+
 def _add_optional_commands(sub) -> None:
-    """Commands whose modules live elsewhere (export, bench, doctor); each wires its own arguments."""
-    try:
-        from .export.cli import add_export_arguments, export_main
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("export", help="export the strided ViT to ONNX / TensorRT")
-        add_export_arguments(p)
-        p.set_defaults(func=export_main)
-    try:
-        from .doctor import add_doctor_arguments, doctor_main
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("doctor", help="print versions and devices, self-test every backend and kernel")
-        add_doctor_arguments(p)
-        p.set_defaults(func=doctor_main)
-    try:
-        from .bench import add_bench_arguments, bench_main
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("bench", help="benchmark stages and end-to-end throughput")
-        add_bench_arguments(p)
-        p.set_defaults(func=bench_main)
+    """Each optional command's module wires its own arguments; a module that does not import is left out."""
+    import importlib
+
+    for name, module, add, run, text in OPTIONAL_COMMANDS:
+        try:
+            mod = importlib.import_module(module, __package__)
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=text)
+        getattr(mod, add)(p)
+        p.set_defaults(func=getattr(mod, run))
 
 
 def _version() -> str:
