@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, WeightsError
-from .export.layouts import to_native
+from .export.layouts import rope_periods_of, to_native
 from .zoo import MODELS, ModelSpec, get_model_spec
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -72,6 +72,9 @@ class LoadedWeights:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     sha256: str  # of the file; for an in-memory dict, `state_dict_sha256` of the mapped weights
     source: str  # the file's path, or "<state_dict>"
+    # The checkpoint's stored RoPE periods ((head_dim // 4,) float32; official DINOv3 files store them rounded to
+    # bfloat16), or None when the model has no RoPE or the checkpoint stores none (timm / Hugging Face layouts).
+    rope_periods: torch.Tensor | None = field(default=None, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,7 +319,7 @@ def load_weights(spec, weights=None, *, progress: bool = True) -> LoadedWeights:
         return _load_file(spec, _resolve_path(spec, weights), cached=False)
     if isinstance(weights, Mapping):
         state = to_native(spec, weights, source="<state_dict>")
-        return LoadedWeights(state, state_dict_sha256(state), "<state_dict>")
+        return LoadedWeights(state, state_dict_sha256(state), "<state_dict>", rope_periods_of(spec, weights))
     raise InputError(f"weights={type(weights).__name__!r} is not supported; pass None (official weights), a path "
                      "to a .pth / .safetensors file, or a state dict")
 
@@ -332,13 +335,14 @@ def _load_file(spec: ModelSpec, path: Path, *, cached: bool) -> LoadedWeights:
         raise WeightsError(f"the cached weights {path} have SHA-256 {sha}, but the official {spec.name} file has "
                            f"{spec.sha256}. Delete it and download it again (`dinofeat weights download "
                            f"{spec.name}`)")
-    state = to_native(spec, read_checkpoint(path), source=str(path))
+    raw = read_checkpoint(path)
+    state = to_native(spec, raw, source=str(path))
     if cached and recorded is None:
         try:
             write_sidecar(path, sha)  # trust on first successful load: later corruption is detected
         except OSError:
             pass
-    return LoadedWeights(state, sha, str(path))
+    return LoadedWeights(state, sha, str(path), rope_periods_of(spec, raw))
 
 
 def _gated_message(spec: ModelSpec) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..export.model import Request, StridedViT, check_request, output_name
+from ..export.model import Request, build_vit, check_request, output_name
 from ..zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
@@ -59,7 +59,10 @@ class Extractor:
     """
 
     def __init__(self, model: str = "dino_vits8", stride: int | None = 4, weights=None, backend: str = "auto",
-                 device="auto", precision: str = "fp32", *, progress: bool = True):
+                 device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint", progress: bool = True):
+        """`rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the periods the checkpoint stores (Meta's
+        reference behaviour; recomputed when it stores none), "recompute" recomputes them in float32 from the RoPE
+        base (timm's / transformers' behaviour). See `dinofeat.export.model.ROPE_PERIODS`."""
         from ..weights import load_weights
 
         self.spec = get_model_spec(model)
@@ -77,9 +80,8 @@ class Extractor:
         self.device = resolve_device(device)
         self.backend_name = resolve_backend_name(backend, self.device)
         loaded = load_weights(self.spec, weights, progress=progress)
-        vit = StridedViT(self.spec, stride)
-        vit.load_state_dict(loaded.state_dict)
-        vit.eval()
+        vit = build_vit(self.spec, stride, loaded, rope_periods)
+        self.rope_periods = rope_periods
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)

@@ -59,6 +59,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         help="TensorRT: strongly typed network (default on 11.x)")
     typing.add_argument("--weakly-typed", dest="strongly_typed", action="store_false",
                         help="TensorRT 10.x: builder precision flags (default on 10.x)")
+    p.add_argument("--rope-periods", default="checkpoint", choices=["checkpoint", "recompute"],
+                   help="RoPE models (DINOv3): bake the checkpoint's stored periods (default, as Meta's code) or "
+                        "recompute them in float32 (as timm / transformers)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
     p.add_argument("-q", "--quiet", action="store_true")
 
@@ -69,7 +72,7 @@ def export_main(args) -> int:
     from ..weights import load_weights
     from ..zoo import get_model_spec
     from . import cache
-    from .model import Request, StridedViT, check_request
+    from .model import Request, build_vit, check_request
     from .onnx import get_onnx, output_shapes, save_onnx, tensorrt_op_table, tensorrt_unsupported_ops
 
     quiet = bool(getattr(args, "quiet", False))
@@ -87,9 +90,7 @@ def export_main(args) -> int:
         raise InputError("--variant ort is made from the fp32 graph; use --precision fp32")
 
     loaded = load_weights(spec, args.weights, progress=not quiet)
-    vit = StridedViT(spec, args.stride)
-    vit.load_state_dict(loaded.state_dict)
-    vit.eval()
+    vit = build_vit(spec, args.stride, loaded, getattr(args, "rope_periods", "checkpoint"))
     with torch.no_grad():
         path = get_onnx(vit, request, height, width, precision=args.precision, weights_id=loaded.sha256,
                         variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)

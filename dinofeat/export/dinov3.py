@@ -10,9 +10,11 @@ Official layout (facebookresearch/dinov3 ``DinoVisionTransformer``), mapped as f
 * ``blocks.{i}.attn.qkv.bias`` is multiplied by ``blocks.{i}.attn.qkv.bias_mask`` (the official
   ``LinearKMaskedBias`` adds ``bias * bias_mask``; the mask is meant to zero the K third, and in the released
   checkpoints both tensors are all zeros), so the native qkv Linear adds exactly what the official one adds;
-* ``rope_embed.periods`` is not a parameter of ours (the periods are recomputed from ``spec.rope_base`` in
-  float32, as timm and transformers do); it is checked against the spec (length ``head_dim // 4`` and values
-  within bfloat16 rounding) so a checkpoint of another RoPE configuration is refused instead of mis-positioned;
+* ``rope_embed.periods`` is not a parameter of ours: it is checked against the spec (length ``head_dim // 4``
+  and values within bfloat16 rounding, so a checkpoint of another RoPE configuration is refused instead of
+  mis-positioned) and returned by `checkpoint_periods`, which the model uses by default (``rope_periods=
+  "checkpoint"``, as Meta's ``RopePositionEmbedding`` does); ``rope_periods="recompute"`` recomputes them from
+  ``spec.rope_base`` in float32 instead, as timm and transformers do;
 * ``cls_norm`` / ``local_cls_norm`` (untied CLS norms of ViT-7B / SAT ViT-L) and EUPE ``projectors.*`` are dropped:
   no facet or saliency output reads the final norms.
 
@@ -71,8 +73,19 @@ def official_dinov3_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 def official_periods(spec: ModelSpec) -> torch.Tensor:
     """The RoPE periods DINOv3 computes for `spec`: base ** (2 i / (head_dim / 2)), i < head_dim / 4 (float32)."""
-    n = spec.head_dim // 4
-    return spec.rope_base ** (2 * torch.arange(n, dtype=torch.float32) / (spec.head_dim // 2))
+    from .model import recomputed_periods
+
+    return recomputed_periods(spec.head_dim, spec.rope_base)
+
+
+def checkpoint_periods(spec: ModelSpec, state_dict: dict) -> torch.Tensor | None:
+    """The checkpoint's ``rope_embed.periods`` as a (head_dim // 4,) float32 CPU tensor (checked against `spec`),
+    or None when the (DINOv3) checkpoint stores none (timm / Hugging Face layouts recompute them)."""
+    periods = _unwrap(dict(state_dict)).get("rope_embed.periods")
+    if periods is None:
+        return None
+    _check_periods(spec, periods)
+    return periods.detach().to("cpu", torch.float32).flatten().clone()
 
 
 def official_bias_mask(spec: ModelSpec) -> torch.Tensor:
@@ -226,6 +239,7 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 __all__ = [
+    "checkpoint_periods",
     "detect_layout",
     "dinov3_to_native",
     "native_shapes",

@@ -382,6 +382,17 @@ def validate_native(spec: ModelSpec, sd: Mapping[str, torch.Tensor], *, source: 
     return _as_float32({k: fitted[k] for k in shapes})
 
 
+def rope_periods_of(spec: ModelSpec, state_dict) -> torch.Tensor | None:
+    """The checkpoint's stored RoPE periods ((head_dim // 4,) float32, checked against `spec`) when `spec` is a
+    RoPE model and the checkpoint (official DINOv3 layout) carries ``rope_embed.periods``; else None."""
+    if spec.pos != "rope":
+        return None
+    from .dinov3 import checkpoint_periods
+
+    backbone, _ = select_backbone(unwrap_checkpoint(state_dict))
+    return checkpoint_periods(spec, backbone)
+
+
 def to_native(spec: ModelSpec, state_dict, *, source: str | None = None) -> dict[str, torch.Tensor]:
     """Detect the layout of `state_dict` (or a checkpoint wrapping one) and map it onto StridedViT(spec).
 

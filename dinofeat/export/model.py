@@ -190,10 +190,17 @@ class Block(nn.Module):
 class StridedViT(nn.Module):
     """A DINO / DINOv2 / DINOv3 ViT whose patch embedding runs at `stride` (any divisor of the patch size)."""
 
-    def __init__(self, spec: ModelSpec, stride: int | None = None):
+    def __init__(self, spec: ModelSpec, stride: int | None = None, rope_periods: torch.Tensor | None = None):
+        """`rope_periods`: (head_dim // 4,) RoPE periods to use (RoPE models; float32, e.g. a checkpoint's
+        ``rope_embed.periods``); None computes them from ``spec.rope_base`` (see `rope_sincos`)."""
         super().__init__()
         self.spec = spec
         self.stride = spec.patch_size if stride is None else int(stride)
+        # A plain attribute, not a buffer: `.to(bfloat16)` of the model must not round the periods.
+        self.rope_periods = None if rope_periods is None else rope_periods.detach().to("cpu", torch.float32).clone()
+        if self.rope_periods is not None and tuple(self.rope_periods.shape) != (spec.head_dim // 4,):
+            raise ValueError(f"rope_periods has shape {tuple(self.rope_periods.shape)}; {spec.name} needs "
+                             f"({spec.head_dim // 4},)")
         dim = spec.embed_dim
         self.patch_embed = PatchEmbed(spec.patch_size, dim, self.stride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -224,7 +231,7 @@ class StridedViT(nn.Module):
         """(sin, cos) of shape (T, head_dim), float32, for DINOv3's 2-D RoPE on this size's (strided) grid."""
         rows, cols = self.grid(height, width)
         return rope_sincos(rows, cols, self.spec.head_dim, self.spec.rope_base, self.spec.patch_size,
-                           self.stride, height, width)
+                           self.stride, height, width, periods=self.rope_periods)
 
     def clear_caches(self) -> None:
         self._pos_cache.clear()
@@ -354,17 +361,20 @@ def rope_axis_coords(n: int, extent: int, patch_size: int, stride: int) -> torch
 
 
 def rope_sincos(rows: int, cols: int, head_dim: int, base: float, patch_size: int = 1, stride: int = 1,
-                height: int | None = None, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                height: int | None = None, width: int | None = None, *,
+                periods: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """DINOv3 2-D RoPE tables (sin, cos), each (rows * cols, head_dim), float32, tokens row-major.
 
-    Per head: head_dim / 4 periods ``base ** (2 i / (head_dim / 2))``; angle = 2 pi c / period for the y
+    Per head: head_dim / 4 periods, `periods` when given (a checkpoint's stored values) else
+    ``base ** (2 i / (head_dim / 2))`` recomputed in float32 (`recomputed_periods`); angle = 2 pi c / period for the y
     coordinate (first head_dim / 4 channels) then x, and the head_dim / 2 angles tiled twice (``rotate_half``
     layout). Coordinates come from `rope_axis_coords` (pixel-centre based, location-preserving under a stride
     change); with `height` / `width` omitted the axis is taken to be exactly `rows` / `cols` patches at
     stride = patch, i.e. plain DINOv3 ``(i + 0.5) / n * 2 - 1``.
     """
-    n_freq = head_dim // 4
-    periods = base ** (2 * torch.arange(n_freq, dtype=torch.float32) / (head_dim // 2))
+    if periods is None:
+        periods = recomputed_periods(head_dim, base)
+    periods = periods.to(torch.float32)
     if height is None or width is None:
         patch_size = stride = 1
         height, width = rows, cols
@@ -375,6 +385,32 @@ def rope_sincos(rows: int, cols: int, head_dim: int, base: float, patch_size: in
     angles = angles.flatten(1)  # (T, head_dim / 2)
     sin, cos = torch.sin(angles), torch.cos(angles)
     return torch.cat([sin, sin], dim=-1), torch.cat([cos, cos], dim=-1)
+
+
+def recomputed_periods(head_dim: int, base: float) -> torch.Tensor:
+    """(head_dim // 4,) float32 DINOv3 RoPE periods ``base ** (2 i / (head_dim / 2))``, as timm, transformers and
+    DINOv3's own ``RopePositionEmbedding._init_weights`` compute them (in float32)."""
+    return base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
+
+
+# Where a RoPE model's periods come from (Extractor / export / create_session ``rope_periods=``):
+# "checkpoint" = the checkpoint's stored ``rope_embed.periods`` when it has them (what Meta's reference code
+# uses; the released files store them rounded to bfloat16), else recomputed; "recompute" = always recomputed in
+# float32 from the RoPE base (what timm and Hugging Face transformers do).
+ROPE_PERIODS = ("checkpoint", "recompute")
+
+
+def build_vit(spec: ModelSpec, stride: int, loaded, rope_periods: str = "checkpoint") -> StridedViT:
+    """An eval-mode `StridedViT` with `loaded` (a `dinofeat.weights.LoadedWeights`) in it; `rope_periods` picks
+    the RoPE periods (see `ROPE_PERIODS`)."""
+    from ..errors import InputError
+
+    if rope_periods not in ROPE_PERIODS:
+        raise InputError(f"rope_periods={rope_periods!r} is unknown; choose one of {', '.join(ROPE_PERIODS)}")
+    periods = loaded.rope_periods if rope_periods == "checkpoint" else None
+    vit = StridedViT(spec, stride, rope_periods=periods)
+    vit.load_state_dict(loaded.state_dict)
+    return vit.eval()
 
 
 def check_request(spec: ModelSpec, layers, facet: str) -> tuple[int, ...]:

@@ -95,22 +95,27 @@ class GraphSpec:
     precision: str = "fp32"
     weights_id: str = ""
     num_patches: tuple[int, int] = field(default=(0, 0), compare=False)
+    rope_periods: str = ""  # RoPE models with given periods: their float32 values, comma-separated; else ""
 
     @property
     def outputs(self) -> list[str]:
         return self.request.output_names()
 
     def cache_fields(self, variant: str) -> dict:
-        return {
+        fields = {
             "model": self.model, "weights": self.weights_id, "stride": self.stride, "height": self.height,
             "width": self.width, "outputs": self.outputs, "precision": self.precision, "variant": variant,
             "exporter": EXPORTER_VERSION, "opset": OPSET, "torch": torch.__version__.split("+")[0],
         }
+        if self.rope_periods:  # the same file gives two graphs under rope_periods="checkpoint" / "recompute"
+            fields["rope_periods"] = self.rope_periods
+        return fields
 
     def metadata(self) -> dict[str, str]:
         from .. import __version__
 
-        return {
+        rope = {"dinofeat.rope_periods": self.rope_periods} if self.rope_periods else {}
+        return rope | {
             "dinofeat.version": __version__, "dinofeat.exporter": EXPORTER_VERSION, "dinofeat.model": self.model,
             "dinofeat.stride": str(self.stride), "dinofeat.height": str(self.height),
             "dinofeat.width": str(self.width), "dinofeat.outputs": ",".join(self.outputs),
@@ -122,8 +127,10 @@ class GraphSpec:
 def graph_spec(vit: StridedViT, request: Request, height: int, width: int, precision: str = "fp32",
                weights_id: str = "") -> GraphSpec:
     _check_args(vit, request, height, width, precision)
+    periods = getattr(vit, "rope_periods", None)
+    rope = "" if periods is None else ",".join(repr(float(v)) for v in periods.tolist())
     return GraphSpec(vit.spec.name, vit.stride, int(height), int(width), request, precision, weights_id,
-                     vit.grid(int(height), int(width)))
+                     vit.grid(int(height), int(width)), rope)
 
 
 def output_shapes(vit: StridedViT, request: Request, height: int, width: int) -> dict[str, tuple[int, ...]]:

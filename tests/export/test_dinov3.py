@@ -26,8 +26,9 @@ from dinofeat.export.dinov3 import (
     official_dinov3_shapes,
     official_periods,
 )
-from dinofeat.export.model import Request, StridedViT, rope_axis_coords, rope_sincos
+from dinofeat.export.model import Request, StridedViT, build_vit, rope_axis_coords, rope_sincos
 from dinofeat.testing import deterministic_state_dict, deterministic_weights
+from dinofeat.weights import load_weights
 from dinofeat.zoo import get_model_spec
 
 timm = pytest.importorskip("timm")
@@ -59,10 +60,9 @@ def _official(spec, seed: int = 0, zero_bias: bool = False) -> dict[str, torch.T
     return {k: v.clone() for k, v in _cached_official(spec, seed, zero_bias).items()}
 
 
-def _ours(spec, sd, stride=None) -> StridedViT:
-    model = StridedViT(spec, stride=stride).eval()
-    model.load_state_dict(dinov3_to_native(spec, sd), strict=True)
-    return model
+def _ours(spec, sd, stride=None, rope_periods="recompute") -> StridedViT:
+    """Our model on `sd`; timm recomputes the RoPE periods in float32, so the parity runs under "recompute"."""
+    return build_vit(spec, stride or spec.patch_size, load_weights(spec, sd), rope_periods)
 
 
 def _timm(name: str, spec, official: dict):
@@ -146,6 +146,9 @@ def test_matches_timm(name, depth):
         ref, rope = _timm_reference(tm, x, [early, last], spec.num_prefix_tokens, spec.num_heads)
         sin, cos = ours.rope_embedding(height, width)
         assert torch.equal(torch.cat([sin, cos], dim=-1), rope)
+        if height == width:  # the default (checkpoint's bf16 periods) is Meta's choice, not timm's
+            stored = _ours(spec, official, rope_periods="checkpoint").rope_embedding(height, width)
+            assert not torch.equal(torch.cat(stored, dim=-1), rope)
         with torch.no_grad():
             outs = ours.forward_features(x, request)
         errs = {n: rel_err(o, ref[n]) for n, o in zip(request.output_names(), outs, strict=True)}

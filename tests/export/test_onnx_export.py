@@ -72,13 +72,13 @@ def multi(vit, cache_root):
     return onnx.load(str(get_onnx(vit, MULTI, H, W, cache_dir=cache_root)))  # shared with the backend tests
 
 
-def _small(name: str, stride: int, depth: int = 4) -> StridedViT:
+def _small(name: str, stride: int, depth: int = 4, rope_periods=None) -> StridedViT:
     """A zoo architecture cut to `depth` blocks (saliency then reads block depth-1): same graph code, faster."""
     from dataclasses import replace
 
     from dinofeat.testing import deterministic_state_dict
 
-    m = StridedViT(replace(get_model_spec(name), depth=depth), stride)
+    m = StridedViT(replace(get_model_spec(name), depth=depth), stride, rope_periods=rope_periods)
     m.load_state_dict(deterministic_state_dict({k: tuple(v.shape) for k, v in m.state_dict().items()}))
     return m.eval()
 
@@ -133,11 +133,24 @@ def test_position_table_is_a_constant(vit, plain):
 
 @pytest.mark.parametrize("name, stride, h, w", [("dinov2_vits14_reg", 7, 56, 84), ("dinov3_vits16", 8, 64, 96)])
 def test_other_families_export_and_match(name, stride, h, w):
-    """Registers + LayerScale + antialiased table (DINOv2 _reg) and RoPE (DINOv3) through the same graph."""
-    m = _small(name, stride)
+    """Registers + LayerScale + antialiased table (DINOv2 _reg) and RoPE (DINOv3) through the same graph. DINOv3
+    runs with bfloat16-rounded checkpoint periods: the graph bakes exactly the torch model's RoPE tables."""
+    from dinofeat.export.dinov3 import official_periods
+
+    spec = get_model_spec(name)
+    periods = official_periods(spec).to(torch.bfloat16).float() if spec.pos == "rope" else None
+    m = _small(name, stride, rope_periods=periods)
     req = Request(facets=((1, "key"), (2, "token")), saliency=True)
     model = export_onnx(m, req, h, w)
     assert tensorrt_unsupported_ops(model) == {}
+    if periods is not None:
+        baked = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+        ours = m.rope_embedding(h, w)
+        recomputed = StridedViT(m.spec, stride).rope_embedding(h, w)
+        assert not torch.equal(ours[0], recomputed[0])
+        for table, other in zip(ours, recomputed, strict=True):
+            assert any(b.shape == table.shape and np.array_equal(b, table.numpy()) for b in baked)
+            assert not any(b.shape == other.shape and np.array_equal(b, other.numpy()) for b in baked)
     x = np.random.default_rng(5).standard_normal((2, 3, h, w)).astype(np.float32)
     got, ref = _run(model, x), _reference(m, req, x)
     for out in req.output_names():
