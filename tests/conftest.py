@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from strict_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - the CI skip rule
 from testutil import GOLDEN
 
 
@@ -69,19 +70,3 @@ def extractor(vits8_weights_file):
 
     return dinofeat.Extractor(model="dino_vits8", stride=4, weights=str(vits8_weights_file), backend="torch",
                               device="cpu", progress=False)
-
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """With DINOFEAT_STRICT_SKIPS=1 (CI), only GPU tests may skip: a missing toolchain (nvcc, NVRTC, g++, the
-    C++ extension, the goldens) fails instead of silently skipping what CI must check."""
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get("DINOFEAT_STRICT_SKIPS") != "1" or not report.skipped or hasattr(report, "wasxfail"):
-        return
-    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if "gpu" in item.keywords or "GPU" in reason:
-        return
-    report.outcome = "failed"
-    report.longrepr = f"skipped in strict mode (DINOFEAT_STRICT_SKIPS=1): {reason}"

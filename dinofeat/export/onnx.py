@@ -208,10 +208,15 @@ def export_onnx(vit: StridedViT, request: Request, height: int, width: int, *, p
     del model.metadata_props[:]
     for k, v in spec.metadata().items():
         model.metadata_props.add(key=k, value=v)
-    problems = check_graph(model, spec=spec, vit=vit, for_tensorrt=True)
+    require_clean_graph(model, spec=spec, vit=vit, for_tensorrt=True)
+    return model
+
+
+def require_clean_graph(model, *, spec: GraphSpec, vit: StridedViT | None = None, for_tensorrt: bool = True) -> None:
+    """Raise `GraphCheckError` listing every problem `check_graph` finds in `model`; return None when clean."""
+    problems = check_graph(model, spec=spec, vit=vit, for_tensorrt=for_tensorrt)
     if problems:
         raise GraphCheckError("the exported graph failed its checks:\n  " + "\n  ".join(problems))
-    return model
 
 
 def lower_to_opset17(model):
@@ -530,7 +535,7 @@ def _say(progress: bool, msg: str) -> None:
 
 
 __all__ = [
-    "EXPORTER_VERSION", "GraphCheckError", "GraphSpec", "INPUT_NAME", "OPSET", "check_graph", "export_onnx",
+    "EXPORTER_VERSION", "GraphCheckError", "GraphSpec", "INPUT_NAME", "OPSET", "check_graph", "export_onnx", "require_clean_graph",
     "get_onnx", "graph_spec", "lower_to_opset17", "optimize_for_onnxruntime", "output_shapes", "save_onnx",
     "tensorrt_op_table", "tensorrt_unsupported_ops", "weights_sha256",
 ]
