@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testutil import GOLDEN
+from testutil import GOLDEN, gpu_skip_failure
 
 
 def pytest_configure(config):
@@ -71,17 +71,27 @@ def extractor(vits8_weights_file):
                               device="cpu", progress=False)
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """With DINOFEAT_STRICT_SKIPS=1 (CI), only GPU tests may skip: a missing toolchain (nvcc, NVRTC, g++, the
-    C++ extension, the goldens) fails instead of silently skipping what CI must check."""
+    """Two skip rules.
+
+    * On a machine with a GPU, a `gpu` test that skips (tensorrt / cupy / onnxruntime-gpu missing...) FAILS unless
+      DINOFEAT_ALLOW_GPU_SKIPS names it (`testutil.gpu_skip_failure`): GPU paths never pass by being skipped.
+    * With DINOFEAT_STRICT_SKIPS=1 (CI), only GPU tests may skip: a missing toolchain (nvcc, NVRTC, g++, the
+      C++ extension, the goldens) fails instead of silently skipping what CI must check.
+    """
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("DINOFEAT_STRICT_SKIPS") != "1" or not report.skipped or hasattr(report, "wasxfail"):
+    if not report.skipped or hasattr(report, "wasxfail"):
         return
     reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if "gpu" in item.keywords or "GPU" in reason:
+    if "gpu" in item.keywords:
+        failure = gpu_skip_failure(item.nodeid, reason, _cuda_available(), os.environ.get("DINOFEAT_ALLOW_GPU_SKIPS"))
+        if failure:
+            report.outcome = "failed"
+            report.longrepr = failure
+        return
+    if os.environ.get("DINOFEAT_STRICT_SKIPS") != "1" or "GPU" in reason:
         return
     report.outcome = "failed"
     report.longrepr = f"skipped in strict mode (DINOFEAT_STRICT_SKIPS=1): {reason}"
