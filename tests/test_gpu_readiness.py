@@ -1,0 +1,87 @@
+"""GPU readiness checked on the CPU: install extras, the honest-skip rule of gpu tests, fp32 pinning of TF32."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+import torch
+from testutil import ROOT, gpu_skip_failure
+
+
+def _extras() -> dict[str, list[str]]:
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return doc["project"]["optional-dependencies"]
+
+
+def _names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].strip().lower() for r in reqs}
+
+
+def test_install_extras_for_gpus_are_self_sufficient_and_conflict_free():
+    # (one test for both extras: a parameter id "gpu" would make pytest treat it as a gpu-marked test)
+    for extra in ("gpu", "gpu-cu12"):
+        names = _names(_extras()[extra])
+        # both GPU backends need the exporter (onnx + onnxscript) besides their runtimes
+        assert {"onnx", "onnxscript", "onnxruntime-gpu", "tensorrt"} <= names, extra
+        # the CPU onnxruntime installs the same module as onnxruntime-gpu and hides the CUDA / TensorRT providers
+        assert "onnxruntime" not in names, extra
+        assert any(n.startswith("cupy-cuda") for n in names), extra
+
+
+def test_gpu_skip_rule():
+    nid = "tests/engine/test_tensorrt_backend.py::test_engine_matches_torch[fp32-0.0001]"
+    why = "tensorrt is not installed"
+    assert gpu_skip_failure(nid, why, gpu_present=False, allow=None) is None  # no GPU: the skip stands
+    msg = gpu_skip_failure(nid, why, gpu_present=True, allow=None)
+    assert msg and "tensorrt is not installed" in msg and "DINOFEAT_ALLOW_GPU_SKIPS" in msg
+    assert gpu_skip_failure(nid, why, True, allow="test_engine_matches_torch") is None  # substring
+    assert gpu_skip_failure(nid, why, True, allow="foo, *tensorrt_backend.py::*") is None  # glob, comma list
+    assert gpu_skip_failure(nid, why, True, allow="test_cuda_graph_replay") is not None  # names another test
+
+
+def test_tf32_mode_pins_and_restores_torch_switches():
+    from dinofeat.engine.backends.torch import tf32_mode
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True  # a user who switched TF32 on globally
+        with tf32_mode(False):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        with tf32_mode(True):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = old
+
+
+def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
+    """The backend's forward sees TF32 off for fp32 and on for tf32, whatever the global switches say."""
+    from dinofeat.engine.backends.torch import TorchBackend
+    from dinofeat.export.model import Request
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        spec = type("S", (), {"pos": "rope"})()
+
+        def rope_embedding(self, h, w):
+            return (torch.zeros(1), torch.zeros(1))
+
+        def forward_features(self, x, request, **kw):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return (x.sum(dim=(1, 2, 3))[:, None, None],)
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        req = Request(facets=((1, "key"),))
+        for precision in ("fp32", "tf32"):
+            TorchBackend(Probe(), torch.device("cpu"), precision).run(torch.ones(1, 3, 8, 8), req)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert seen == [(False, False), (True, True)]
