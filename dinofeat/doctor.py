@@ -617,6 +617,10 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: also test CUDA paths when a GPU is visible; cpu: CPU paths only")
     parser.add_argument("--model", default="dino_vits8", help="zoo model for the backend tests (default dino_vits8)")
     parser.add_argument("--load-size", type=int, default=40, help="test image's shorter side (default 40)")
+    parser.add_argument("--gpu", action="store_true", help="run the GPU check instead (python -m "
+                        "benchmarks.gpu_check): self-tests, ViT/Best-Buddies/log-bin rates, pytest -m gpu; minutes")
+    parser.add_argument("--out", default="gpu_check", help="with --gpu: directory of gpu_check.json / .md")
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the rows it would measure")
 
 
 def _print_env(env: dict, out) -> None:
@@ -655,6 +659,11 @@ def _format_check(c: Check) -> str:
 
 
 def doctor_main(args) -> int:
+    if getattr(args, "gpu", False):
+        # benchmarks import dinofeat; dinofeat imports them only here, at command time
+        from benchmarks.gpu_check import run_check
+
+        return run_check(args.out, dry_run=args.dry_run)
     out = sys.stdout
     t0 = time.perf_counter()
     from . import __version__

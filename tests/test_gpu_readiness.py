@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-import tomllib
 
-import pytest
+import tomllib
 import torch
 from testutil import ROOT, gpu_skip_failure
 
@@ -85,3 +84,34 @@ def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     assert seen == [(False, False), (True, True)]
+
+
+def test_gpu_check_dry_run_prints_every_row(capsys):
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for precision in ("fp32", "tf32", "bf16", "fp16"):
+        for mode in ("eager", "cuda_graph"):
+            for batch in (1, 8, 32):
+                assert f"torch {precision} {mode} batch {batch}:" in out
+    for row in ("doctor self-tests", "onnxruntime CUDA EP", "tensorrt fp32 / fp16", "3025x3025x6528 fp32",
+                "18921x18921x6528 bf16", "cuBLAS GEMM", "GB/s vs device copy GB/s", "latency p50/p99, pairs/s",
+                "pytest -m gpu", "peak GPU memory"):
+        assert row in out, row
+    assert len(out.strip().splitlines()) == 1 + len(gpu_check.plan())
+
+
+def test_gpu_check_without_a_gpu_is_one_clear_line(tmp_path, capsys):
+    from benchmarks import gpu_check
+    from dinofeat.cli import main as cli_main
+
+    if torch.cuda.is_available():  # the real run is the check itself, not a unit test
+        assert gpu_check.plan()
+        return
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and "--dry-run" in err[0]
+    assert not any(tmp_path.iterdir())  # nothing half-written
+    assert cli_main(["doctor", "--gpu", "--dry-run"]) == 0
+    assert "torch tf32 cuda_graph batch 32" in capsys.readouterr().out
