@@ -115,3 +115,23 @@ def test_gpu_check_without_a_gpu_is_one_clear_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing half-written
     assert cli_main(["doctor", "--gpu", "--dry-run"]) == 0
     assert "torch tf32 cuda_graph batch 32" in capsys.readouterr().out
+
+
+def test_gpu_check_report_files(tmp_path):
+    """What a run writes after each section: JSON rows + a Markdown table per section (atomic writes)."""
+    import json
+
+    from benchmarks.gpu_check import Check
+
+    c = Check(tmp_path / "out", budget_s=360)
+    c.meta.update(gpu="NVIDIA Test GPU", versions={"torch": torch.__version__})
+    c.add("vit", "torch fp32 eager batch 1", "ok", images_per_s=12.5, key9_dev=3e-7)
+    c.add("vit", "tensorrt fp32 / fp16 batch 1", "skipped", "not installed (tensorrt)")
+    c.add("pytest", "pytest -m gpu", "fail", "failed: [a|b]", passed=3, failed=1)
+    c.write()
+    doc = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert [r["status"] for r in doc["rows"]] == ["ok", "skipped", "fail"] and doc["meta"]["gpu"] == "NVIDIA Test GPU"
+    md = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "## vit" in md and "## pytest" in md and "images_per_s 12.5" in md and "not installed (tensorrt)" in md
+    assert "failed: [a/b]" in md  # a '|' never breaks the table
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
