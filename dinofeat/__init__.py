@@ -3,13 +3,14 @@
 from . import kernels
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
-from .errors import BackendUnavailableError, DinofeatError, InputError, WeightsError
+from .errors import BackendError, BackendUnavailableError, DinofeatError, InputError, WeightsError
 from .zoo import MODELS, ModelSpec, get_model_spec, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "BackendError",
     "BackendUnavailableError",
     "Correspondences",
     "DinofeatError",

@@ -19,7 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "official file, downloaded if missing")
     g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
+                   help="fp32 (exact, default); tf32 (CUDA TF32 matmuls); bf16 / fp16 (faster, inexact)")
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 

@@ -159,7 +159,7 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     f2 = ex.extract(batch2, layer=layer, facet=facet, bin=bin, saliency=True)
     d1, d2 = f1.descriptors[0], f2.descriptors[0]
     sal1, sal2 = f1.saliency[0], f2.saliency[0]
-    bb = kernels.best_buddies(d1, d2, precision=match_precision)
+    bb = kernels.best_buddies(d1, d2, precision=match_precision).check()  # device NaN/Inf: reported here
     fg1, fg2 = sal1 > thresh, sal2 > thresh
     bbs = foreground_filter(bb.mask, bb.nn_2, fg1, fg2)
     bb_idx = torch.nonzero(bbs, as_tuple=False).squeeze(1)

@@ -33,6 +33,7 @@ from pathlib import Path
 # Self-test tolerances: relative = max|actual - expected| / max|expected|.
 TOL_FP32 = 1e-4  # fp32 engine vs float64 eager reference (the tolerance)
 TOL_HALF = {"bf16": 6e-2, "fp16": 1e-2}  # reduced-precision forwards vs the same reference
+TOL_TF32 = 5e-3  # TF32 matmuls (10-bit mantissa inputs, fp32 accumulation) vs the same reference
 TOL_KERNEL = 1e-5  # C++ / CUDA kernels vs the torch reference (summation order only)
 NVRTC_ARCHS = ("compute_75", "compute_80", "compute_90")
 
@@ -395,21 +396,25 @@ def _backend_tests(fx: _Fixture, gpu_ok: bool, gpu_why: str) -> list[Check]:
         if device == "cuda" and not gpu_ok:
             checks.append(Check(name, "skip", f"no CUDA GPU: {gpu_why}"))
             continue
-        def test_ort(device=device, ep=ep):
+        # fp32 never runs on the TensorRT EP (it cannot clear TensorRT's TF32 flag): that EP is tested in tf32.
+        ep_precision = "tf32" if ep == "TensorrtExecutionProvider" else "fp32"
+        ep_tol = TOL_TF32 if ep_precision == "tf32" else TOL_FP32
+
+        def test_ort(device=device, ep=ep, precision=ep_precision, tol=ep_tol):
             with _scratch_cache():
-                ex = make("onnxruntime", device, "fp32")
+                ex = make("onnxruntime", device, precision)
                 if device == "cuda":  # pin the provider under test (TensorRT EP first, or CUDA EP only)
                     from .engine.backends.onnxruntime import OnnxRuntimeBackend
 
-                    ex.backend = OnnxRuntimeBackend(ex.backend.model, ex.device, "fp32", ex.weights_sha256,
+                    ex.backend = OnnxRuntimeBackend(ex.backend.model, ex.device, precision, ex.weights_sha256,
                                                     use_tensorrt=ep == "TensorrtExecutionProvider")
-                detail, dev, metrics = fx.compare(ex, TOL_FP32)
+                detail, dev, metrics = fx.compare(ex, tol)
                 used = _ort_used_providers(ex.backend)
             if used and used[0] != ep:
                 raise AssertionError(f"session fell back to {used[0]} (asked for {ep})")
             return detail + (f"; ran on {used[0]}" if used else ""), dev, metrics
 
-        checks.append(_run(name, test_ort, TOL_FP32))
+        checks.append(_run(name, test_ort, ep_tol))
 
     name = "backend tensorrt fp32 cuda"
     trt_reason = _trt_unavailable(gpu_ok, gpu_why)
@@ -617,6 +622,10 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: also test CUDA paths when a GPU is visible; cpu: CPU paths only")
     parser.add_argument("--model", default="dino_vits8", help="zoo model for the backend tests (default dino_vits8)")
     parser.add_argument("--load-size", type=int, default=40, help="test image's shorter side (default 40)")
+    parser.add_argument("--gpu", action="store_true", help="run the GPU check instead (python -m "
+                        "benchmarks.gpu_check): self-tests, ViT/Best-Buddies/log-bin rates, pytest -m gpu; minutes")
+    parser.add_argument("--out", default="gpu_check", help="with --gpu: directory of gpu_check.json / .md")
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the rows it would measure")
 
 
 def _print_env(env: dict, out) -> None:
@@ -655,6 +664,11 @@ def _format_check(c: Check) -> str:
 
 
 def doctor_main(args) -> int:
+    if getattr(args, "gpu", False):
+        # benchmarks import dinofeat; dinofeat imports them only here, at command time
+        from benchmarks.gpu_check import run_check
+
+        return run_check(args.out, dry_run=args.dry_run)
     out = sys.stdout
     t0 = time.perf_counter()
     from . import __version__

@@ -20,3 +20,8 @@ class WeightsError(DinofeatError):
 
 class BackendUnavailableError(DinofeatError, RuntimeError):
     """A backend or kernel implementation needs a package or a device that is not present."""
+
+
+class BackendError(DinofeatError, RuntimeError):
+    """A backend failed while running (engine build, shape binding, execution, CUDA-graph capture); the message
+    carries the backend's own error text (e.g. the TensorRT log)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from strict_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - the CI skip rule
+from strict_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - the skip rules
 from testutil import GOLDEN
 
 

@@ -12,7 +12,7 @@ from ..zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # tf32: CUDA matmuls/convs in TF32 (opt-in)
 
 
 @dataclass

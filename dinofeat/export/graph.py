@@ -15,8 +15,9 @@ want:
   fusion refuses a fourth) and the block still fuses; blocks past the deepest output are not emitted, and the
   last needed block computes only what is asked (its qkv facet, or the CLS query row for saliency);
 * ``precision="fp16"``: weights and matmuls in float16, while the residual stream, every LayerNorm and every
-  Softmax stay float32 (explicit Casts), so the graph is valid for TensorRT 11's strongly typed networks, where
-  precision must be in the ONNX itself; graph inputs and outputs stay float32.
+  Softmax stay float32 (explicit Casts) and q is scaled by 1/sqrt(hd) before ``q k^T`` (the fp16 product stays
+  in range; TensorRT's strongly typed builder fuses it into its attention kernels), so the graph is valid for
+  strongly typed TensorRT networks, where precision must be in the ONNX itself; inputs and outputs stay float32.
 
 Numerically the fp32 graph equals `forward_features` up to float32 summation order (checked in the tests).
 """
@@ -180,7 +181,10 @@ class _ExportBlock(nn.Module):
         else:
             q = apply_rope(q, rope, self.num_prefix)
             k = apply_rope(self._heads(self.k(h)).transpose(1, 2), rope, self.num_prefix).transpose(-2, -1)
-        scores = torch.matmul(q, k).float() / self.sqrt_hd
+        if self.dtype == torch.float32:
+            scores = torch.matmul(q, k) / self.sqrt_hd  # the pattern ORT's fusion matches
+        else:  # fp16: scale q first, so q.k^T stays in range and TensorRT fuses the attention (MHA) kernels
+            scores = torch.matmul(q * self.scale, k).float()
         attn = scores.softmax(dim=-1).to(self.dtype)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, self.n, self.dim)
         # Branch first, residual second (a + b == b + a exactly): ORT's fusion walks input 0 of the Add.
@@ -200,7 +204,10 @@ class _ExportBlock(nn.Module):
         k = self._heads(self.k(h)).transpose(1, 2)  # (B, heads, N, hd)
         if rope is not None:
             k = apply_rope(k, rope, self.num_prefix)  # the CLS query is a prefix token: never rotated
-        scores = torch.matmul(q, k.transpose(-2, -1)).float() * self.scale
+        if self.dtype == torch.float32:
+            scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        else:  # fp16: q scaled before the product (as in forward)
+            scores = torch.matmul(q * self.scale, k.transpose(-2, -1)).float()
         attn = scores.softmax(dim=-1)[:, :, 0, self.num_prefix:]  # (B, heads, T) float32
         a = attn.index_select(1, torch.tensor(self.saliency_heads)).mean(dim=1)  # Gather, not GatherND
         lo = a.min(dim=-1, keepdim=True).values

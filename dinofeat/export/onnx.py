@@ -42,7 +42,7 @@ from . import cache
 from .model import Request, StridedViT
 
 OPSET = 17
-EXPORTER_VERSION = "1"
+EXPORTER_VERSION = "2"  # 2: fp16 graph scales q before q.k^T
 INPUT_NAME = "images"
 PRECISIONS = ("fp32", "fp16")
 VARIANTS = ("plain", "ort")

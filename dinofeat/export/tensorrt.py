@@ -2,7 +2,7 @@
 
 Typing, by version (`build_plan` decides, from the module's own API surface):
 
-* TensorRT 10.x (JetPack 6 ships 10.3) -- weak typing: the fp32 ONNX is parsed, ``BuilderFlag.FP16`` lets the
+* TensorRT 10.0 - 10.11 (JetPack 6 ships 10.3) -- weak typing by default: the fp32 ONNX is parsed, ``BuilderFlag.FP16`` lets the
   builder pick fp16 kernels, and every LayerNorm (``NORMALIZATION``), Softmax (``SOFTMAX``) and Reduce layer is
   pinned to fp32 (``layer.precision`` + ``set_output_type``) under ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``,
   because fp16 overflows in the variance and exp sums.
@@ -10,6 +10,12 @@ Typing, by version (`build_plan` decides, from the module's own API surface):
   so fp16 builds parse the fp16 graph `ExportGraph` writes (fp16 weights/matmuls, fp32 LayerNorm, Softmax and
   residual stream via explicit Casts) with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
   ``strongly_typed=True`` selects the same path on 10.x.
+* TensorRT 10.12 - 10.x -- weak typing is deprecated there, so strong typing is the default as on 11.x (the fp16
+  graph keeps Softmax/LayerNorm fp32 in the ONNX and scales q before q.k^T; precision constraints would block
+  the fused attention kernels); ``strongly_typed=False`` still selects weak typing.
+
+fp32 clears ``BuilderFlag.TF32`` (on by default in TensorRT: fp32 would be TF32 on Ampere+ and miss the 1e-4
+parity); ``precision="tf32"`` is the explicit opt-in (fp32 graph, TF32 flag set).
 
 Every engine has one optimisation profile for the input ``images``: batch min..opt..max at the graph's fixed H, W.
 A timing cache per (TensorRT version, GPU) speeds up rebuilds. Engines are cached under ``<cache>/trt/`` by a key
@@ -32,7 +38,8 @@ from pathlib import Path
 from ..errors import BackendUnavailableError, InputError
 from . import cache
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16")
+STRONG_TYPING_DEFAULT_FROM = (10, 12)  # TensorRT deprecates weak typing from 10.12 on
 PINNED_FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 INPUT_NAME = "images"
 INSTALL_HINT = (
@@ -76,7 +83,7 @@ def build_plan(trt, precision: str, strongly_typed: bool | None = None) -> dict:
                          f"{' or '.join(PRECISIONS)} (bf16 runs on backend='torch')")
     weak_ok = has_weak_typing(trt)
     if strongly_typed is None:
-        strongly_typed = not weak_ok
+        strongly_typed = not weak_ok or trt_version(trt) >= STRONG_TYPING_DEFAULT_FROM
     if not strongly_typed and not weak_ok:
         raise InputError(f"TensorRT {trt.__version__} has no weak typing (BuilderFlag.FP16 was removed in 11.x); "
                          "use strongly_typed=True (the default there)")
@@ -84,11 +91,13 @@ def build_plan(trt, precision: str, strongly_typed: bool | None = None) -> dict:
             "network_flags": [], "builder_flags": [], "clear_flags": [], "pin_fp32": []}
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         plan["clear_flags"] = ["TF32"]  # on by default: fp32 means fp32 (parity with the torch backend)
+    if precision == "tf32" and hasattr(trt.BuilderFlag, "TF32"):
+        plan["builder_flags"] = ["TF32"]  # the explicit opt-in (TensorRT's own default)
     if strongly_typed:
         if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             raise InputError(f"TensorRT {trt.__version__} has no strongly typed networks; use strongly_typed=False")
         plan["network_flags"] = ["STRONGLY_TYPED"]
-        plan["onnx_precision"] = precision
+        plan["onnx_precision"] = "fp16" if precision == "fp16" else "fp32"
     else:
         plan["onnx_precision"] = "fp32"
         if precision == "fp16":
@@ -239,6 +248,36 @@ def build_engine(onnx_path, *, precision: str = "fp32", profile: Profile = Profi
     return bytes(serialized)
 
 
+def recording_logger(trt, keep: int = 32):
+    """A TensorRT logger that prints warnings and errors to stderr (as ``trt.Logger(WARNING)``) and keeps the last
+    `keep` of them in ``.messages``, so a failed call can raise with TensorRT's own words (`last_messages`)."""
+    from collections import deque
+
+    base = getattr(trt, "ILogger", None)
+    if base is None:  # pragma: no cover - every TensorRT >= 8 has ILogger
+        logger = trt.Logger(trt.Logger.WARNING)
+        logger.messages = deque(maxlen=keep)
+        return logger
+
+    class _Recording(base):
+        def __init__(self):
+            base.__init__(self)
+            self.messages = deque(maxlen=keep)
+
+        def log(self, severity, msg):
+            if int(severity) <= int(base.Severity.WARNING):
+                self.messages.append(str(msg))
+                print(f"[tensorrt] {msg}", file=sys.stderr, flush=True)
+
+    return _Recording()
+
+
+def last_messages(logger, n: int = 3) -> str:
+    """The last `n` messages a `recording_logger` kept, joined for an error text ("" when none)."""
+    msgs = list(getattr(logger, "messages", ()))[-n:]
+    return ("; TensorRT said: " + " | ".join(msgs)) if msgs else "; TensorRT logged nothing (see its log level)"
+
+
 def deserialize(engine_bytes: bytes, trt=None, logger=None):
     """`ICudaEngine` from bytes, or None when this TensorRT/GPU refuses it."""
     trt = trt or import_tensorrt()
@@ -249,9 +288,10 @@ def deserialize(engine_bytes: bytes, trt=None, logger=None):
 
 def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, width: int, device=None,
                strongly_typed: bool | None = None, cache_dir=None, progress: bool = True,
-               opt_level: int | None = None, workspace_bytes: int | None = None, trt=None):
+               opt_level: int | None = None, workspace_bytes: int | None = None, trt=None, logger=None):
     """Load the cached engine for this ONNX file and system, building (and caching) it when needed.
 
+    `logger`: the runtime's logger (e.g. `recording_logger`); execution errors of the engine's contexts go there.
     Returns ``(engine, runtime, manifest)``; the runtime must outlive the engine.
     """
     trt = trt or import_tensorrt()
@@ -266,7 +306,7 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
     if found is not None:
         problems = check_engine_meta(found["meta"], fields)
         if not problems:
-            engine, runtime = deserialize(Path(found["paths"][found["meta"]["engine"]]).read_bytes(), trt)
+            engine, runtime = deserialize(Path(found["paths"][found["meta"]["engine"]]).read_bytes(), trt, logger)
             if engine is not None:
                 return engine, runtime, found
             problems = ["TensorRT could not deserialize it"]
@@ -278,7 +318,7 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
                         strongly_typed=strongly_typed, timing_cache_path=timing, progress=progress,
                         opt_level=opt_level, workspace_bytes=workspace_bytes, trt=trt)
     manifest = cache.store(directory, key, {name: data}, {"engine": name, "onnx": str(onnx_path), **fields})
-    engine, runtime = deserialize(data, trt)
+    engine, runtime = deserialize(data, trt, logger)
     if engine is None:
         raise RuntimeError("TensorRT built an engine it cannot deserialize; delete the cache and retry")
     return engine, runtime, manifest
@@ -307,5 +347,5 @@ def load_engine_file(path, *, expected: dict | None = None, trt=None):
 __all__ = [
     "INSTALL_HINT", "PINNED_FP32_LAYER_TYPES", "Profile", "build_engine", "build_plan", "check_engine_meta",
     "deserialize", "engine_fields", "get_engine", "gpu_identity", "has_weak_typing", "import_tensorrt",
-    "load_engine_file", "trt_version",
+    "last_messages", "load_engine_file", "recording_logger", "trt_version",
 ]

@@ -75,8 +75,59 @@ def check_ndim(name: str, x, allowed: tuple[int, ...], layout: str) -> None:
         )
 
 
+def _not_finite_error(name: str, what: str, where: tuple) -> InputError:
+    loc = f"row {where[-1]}" if len(where) == 1 else f"batch {where[0]}, row {where[-1]}"
+    return InputError(
+        f"{name} contains {what} at {loc}; check the input (descriptors must be finite, e.g. the backbone "
+        "ran in float16 and overflowed, or an image was empty)"
+    )
+
+
+@dataclass(frozen=True)
+class DeferredFinite:
+    """A finiteness check of a device array, computed on the device without a host sync.
+
+    ``row_sums`` (..., ) float32 on the device: a row holds a NaN or an Inf iff its sum is not finite (barring a
+    float32 overflow of the sum of a row of huge finite values, reported as Inf). `raise_if_bad` reads it (one
+    sync, when the caller synchronises anyway) and raises the same `InputError` as the host check."""
+
+    name: str
+    row_sums: object
+
+    def raise_if_bad(self) -> None:
+        s = self.row_sums
+        if array_kind(s) == "torch":
+            bad = ~torch.isfinite(s)
+            if not bool(bad.any()):
+                return
+            where = tuple(int(v) for v in torch.nonzero(bad)[0].tolist())
+            what = "NaN" if bool(torch.isnan(s[where])) else "Inf"
+        else:
+            cp = sys.modules["cupy"]
+            bad = ~cp.isfinite(s)
+            if not bool(bad.any()):
+                return
+            where = tuple(int(v[0]) for v in cp.nonzero(bad))
+            what = "NaN" if bool(cp.isnan(s[where])) else "Inf"
+        raise _not_finite_error(self.name, what, where)
+
+
+def check_finite_deferred(name: str, x) -> DeferredFinite | None:
+    """Device arrays (torch CUDA, CuPy): enqueue the per-row sums on the device and return a `DeferredFinite`
+    (no host sync). Host arrays: check now (`check_finite`) and return None."""
+    kind = array_kind(x)
+    on_device = (kind == "torch" and x.device.type != "cpu") or kind == "cupy"
+    if not on_device:
+        check_finite(name, x)
+        return None
+    if kind == "torch":
+        return DeferredFinite(name, x.sum(dim=-1, dtype=torch.float32))
+    return DeferredFinite(name, x.sum(axis=-1, dtype=sys.modules["cupy"].float32))
+
+
 def check_finite(name: str, x) -> None:
-    """Raise InputError naming the first row that holds a NaN or an Inf. x: (..., C).
+    """Raise InputError naming the first row that holds a NaN or an Inf. x: (..., C). Synchronises on device
+    arrays (use `check_finite_deferred` there).
 
     Fast path: the sum of all elements is finite iff no element is NaN/Inf (barring an overflow of the sum, which
     falls through to the exact per-row scan). It needs no temporary the size of x.
@@ -101,11 +152,7 @@ def check_finite(name: str, x) -> None:
             return
         where = tuple(int(v[0]) for v in xp.nonzero(bad_rows))
         what = "NaN" if bool(xp.isnan(x[where]).any()) else "Inf"
-    loc = f"row {where[-1]}" if len(where) == 1 else f"batch {where[0]}, row {where[-1]}"
-    raise InputError(
-        f"{name} contains {what} at {loc}; check the input (descriptors must be finite, e.g. the backbone "
-        "ran in float16 and overflowed, or an image was empty)"
-    )
+    raise _not_finite_error(name, what, where)
 
 
 # ---------------------------------------------------------------- conversions between kinds

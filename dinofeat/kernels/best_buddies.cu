@@ -7,8 +7,17 @@
 //   bb_epilogue:               consumes one fp32 chunk S[rows, cols] (leading dim ld) of global rows row0.., and
 //                              folds it into packed (value, index) keys: row_keys[row0 + r] (argmax over columns) and
 //                              col_keys[j] (argmax over rows) with 64-bit atomicMax (ties -> lowest index).
-//                              Optional per-row / per-column scales (S * rs[r] * cs[j]) when use_scale != 0.
-//                              Grid (ceil(cols / blockDim.x), ceil(rows / DF_BB_TILE_ROWS)).
+//                              Row keys are reduced within the warp first (xor shuffles), so each warp does one
+//                              shared atomicMax per row instead of 32. Optional per-row / per-column scales
+//                              (S * rs[r] * cs[j]) when use_scale != 0 (the fp32 path: no normalised copies).
+//                              Grid (ceil(cols / blockDim.x), ceil(rows / DF_BB_TILE_ROWS)); blockDim.x must be a
+//                              multiple of 32 (full warps).
+//
+// Ties across chunks: a tie (equal float value) always resolves to the lowest index, in every chunk and across
+// chunks, because keys compare exactly. What is NOT guaranteed is that cuBLAS computes the same float for the same
+// dot product in two GEMMs of different shapes (chunk sizes select different kernels and summation orders): two
+// products that are mathematically equal may differ by an ulp and then the larger wins, not the lower index.
+// Exact ties are only guaranteed where the products are exact in fp32 (e.g. small integers).
 //   bb_unpack_keys:            keys -> (int64 index, fp32 value); key 0 (nothing seen) -> (-1, -inf).
 //   bb_mutual:                 mask[i] = nn1[i] >= 0 && nn2[nn1[i]] == i.
 #include "best_buddies_common.cuh"
@@ -18,6 +27,12 @@
 #define DF_BB_TILE_ROWS 32
 
 namespace dinofeat {
+
+// Max of v over the 32 lanes of the warp (every lane gets it). All 32 lanes must call it.
+__device__ inline u64 warp_max_u64(u64 v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = max_u64(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
 
 template <class Tin>
 __global__ void bb_row_norm(const Tin* __restrict__ x, float* __restrict__ norms, i64 rows, int channels) {
@@ -56,21 +71,24 @@ __global__ void bb_epilogue(const float* __restrict__ s, i64 ld, int rows, int c
   __shared__ u64 s_row[DF_BB_TILE_ROWS];
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int r0 = blockIdx.y * DF_BB_TILE_ROWS;
-  const int rn = min_i(DF_BB_TILE_ROWS, rows - r0);
+  const int rn = min_i(DF_BB_TILE_ROWS, rows - r0);  // uniform over the block
+  const bool active = j < cols;
   for (int k = threadIdx.x; k < DF_BB_TILE_ROWS; k += blockDim.x) s_row[k] = 0ull;
   __syncthreads();
-  if (j < cols && rn > 0) {
-    const float cs = use_scale ? col_scale[j] : 1.0f;
-    u64 ck = 0ull;
-    for (int r = 0; r < rn; ++r) {
+  const float cs = (use_scale && active) ? col_scale[j] : 1.0f;
+  u64 ck = 0ull;
+  for (int r = 0; r < rn; ++r) {  // every thread runs every row: the shuffles need all 32 lanes
+    u64 rk = 0ull;                // 0 = "nothing", below every real key
+    if (active) {
       float v = s[static_cast<i64>(r0 + r) * ld + j];
       if (use_scale) v = v * row_scale[r0 + r] * cs;
       ck = max_u64(ck, pack_key(v, static_cast<unsigned int>(row0 + r0 + r)));
-      const u64 rk = pack_key(v, static_cast<unsigned int>(j));
-      if (rk > *static_cast<volatile u64*>(&s_row[r])) atomicMax(&s_row[r], rk);  // skip sure losers
+      rk = pack_key(v, static_cast<unsigned int>(j));
     }
-    atomicMax(&col_keys[j], ck);
+    rk = warp_max_u64(rk);
+    if ((threadIdx.x & 31) == 0 && rk != 0ull) atomicMax(&s_row[r], rk);  // one shared atomic per warp and row
   }
+  if (active) atomicMax(&col_keys[j], ck);
   __syncthreads();
   for (int k = threadIdx.x; k < rn; k += blockDim.x) atomicMax(&row_keys[row0 + r0 + k], s_row[k]);
 }

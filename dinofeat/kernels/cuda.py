@@ -5,8 +5,19 @@ CuPy on-disk kernel cache (keyed on source text and options) sees every header c
 process (:func:`module`), templates instantiated through ``name_expressions``. :func:`module_spec` returns the
 (source, options, name expressions) triple, which the NVRTC compile test reuses.
 
-torch CUDA tensors are exchanged with CuPy zero-copy through DLPack and the work is queued on
-``torch.cuda.current_stream()``; CuPy arrays use CuPy's current stream. CuPy is imported lazily.
+Devices, streams, memory (`_Device`):
+
+* torch CUDA tensors: exchanged zero-copy through DLPack; the kernels run under a device guard for the tensor's
+  GPU, on torch's current stream of that GPU (wrapped with ``cupy.cuda.Stream.from_external`` through the CUDA
+  stream protocol; ``ExternalStream``, deprecated in CuPy 14, only on older CuPy), and every CuPy allocation
+  (temporaries, results) is drawn from torch's caching allocator on that stream: one pool, so memory the kernels
+  free is reusable by torch and vice versa.
+* CuPy arrays: under their own device, on CuPy's current stream of that device, CuPy's pool.
+* host inputs (numpy, CPU torch): copied to CuPy's current device and computed there, results copied back.
+
+Best Buddies at fp32 does not make normalised copies of the inputs: the GEMM runs on the raw rows and the
+epilogue scales each product by ``1/||x1_i|| * 1/||x2_j||`` (fp16/bf16 GEMMs and dtype changes still need the
+cast copy). CuPy is imported lazily.
 """
 
 from __future__ import annotations
@@ -113,44 +124,84 @@ def _grid(n: int, block: int) -> int:
 # ---------------------------------------------------------------------------- array exchange
 
 
+class _StreamRef:
+    """A ``cudaStream_t`` handle speaking the CUDA stream protocol (``__cuda_stream__``)."""
+
+    def __init__(self, handle: int):
+        self.handle = int(handle)
+
+    def __cuda_stream__(self):
+        return (0, self.handle)
+
+
+def external_stream(cp, handle: int, device_id: int):
+    """A CuPy stream object for a stream CuPy does not own (torch's): ``Stream.from_external`` where CuPy has it
+    (>= 14, where ``ExternalStream`` warns as deprecated on every call), else ``ExternalStream``."""
+    from_external = getattr(cp.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamRef(handle))
+    return cp.cuda.ExternalStream(int(handle), int(device_id))
+
+
+def torch_allocator(cp, device):
+    """A CuPy allocator that draws from torch's caching allocator on `device` (torch's current stream there)."""
+    import torch
+
+    def alloc(size: int):
+        t = torch.empty((max(int(size), 1),), dtype=torch.uint8, device=device)
+        return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(t.data_ptr(), int(size), t, device.index), 0)
+
+    return alloc
+
+
 class _Device:
-    """Context: the CuPy device + stream matching where the caller's data lives."""
+    """Context: the GPU, stream and allocator matching where the caller's data lives (module docstring)."""
 
     def __init__(self, x, origin: A.Origin):
-        self.cp = _cupy()
+        self.cp = cp = _cupy()
         self.origin = origin
         self.stream = None
-        self.device = None
+        self.allocator = None
+        self._stack = None
         if origin.kind == "torch" and origin.on_gpu:
             import torch
 
-            self.device = self.cp.cuda.Device(x.device.index)
-            self.stream = self.cp.cuda.ExternalStream(
-                torch.cuda.current_stream(x.device).cuda_stream, x.device.index
-            )
+            dev = x.device if x.device.index is not None else torch.device("cuda", torch.cuda.current_device())
+            self.device_id = int(dev.index)
+            self.stream = external_stream(cp, torch.cuda.current_stream(dev).cuda_stream, self.device_id)
+            self.allocator = torch_allocator(cp, dev)
+        elif origin.kind == "cupy":
+            self.device_id = int(x.device.id)
+        else:
+            self.device_id = int(cp.cuda.Device().id)  # host input: CuPy's current device, both ways
 
     def __enter__(self):
-        if self.device is not None:
-            self.device.__enter__()
-            self.stream.__enter__()
+        import contextlib
+
+        self._stack = stack = contextlib.ExitStack()
+        stack.enter_context(self.cp.cuda.Device(self.device_id))
+        if self.stream is not None:
+            stack.enter_context(self.stream)
+        if self.allocator is not None:
+            stack.enter_context(self.cp.cuda.using_allocator(self.allocator))
         return self
 
     def __exit__(self, *exc):
-        if self.device is not None:
-            self.stream.__exit__(*exc)
-            self.device.__exit__(*exc)
+        return self._stack.__exit__(*exc)
 
     def to_cupy(self, x, dtype_name: str):
-        """(cupy array in storage dtype, dtype name after the float64 -> float32 cast)."""
+        """(cupy array in storage dtype, dtype name after the float64 -> float32 cast), on this device."""
         cp, o = self.cp, self.origin
         if o.kind == "torch":
             import torch
 
-            if not o.on_gpu:
-                x = x.cuda()
-            if x.dtype == torch.bfloat16:
+            if not o.on_gpu:  # host tensor: through numpy, never through torch's current device
+                host = x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
+                arr = cp.asarray(host)
+            elif x.dtype == torch.bfloat16:
                 return cp.from_dlpack(x.view(torch.int16)).view(cp.uint16), "bfloat16"
-            arr = cp.from_dlpack(x)
+            else:
+                arr = cp.from_dlpack(x)
         elif o.kind == "numpy":
             arr = cp.asarray(x)
         else:
@@ -168,11 +219,14 @@ class _Device:
             return self.cp.asnumpy(arr)
         import torch
 
+        if not o.on_gpu:
+            host = self.cp.asnumpy(arr)
+            if dtype_name == "bfloat16":
+                return torch.from_numpy(host.view(np.int16)).view(torch.bfloat16)
+            return torch.from_numpy(host)
         if dtype_name == "bfloat16":
-            t = torch.from_dlpack(arr.view(self.cp.int16)).view(torch.bfloat16)
-        else:
-            t = torch.from_dlpack(arr)
-        return t if o.on_gpu else t.to(o.device)
+            return torch.from_dlpack(arr.view(self.cp.int16)).view(torch.bfloat16)
+        return torch.from_dlpack(arr)
 
 
 # --------------------------------------------------------------------------------------- log_bin
@@ -224,13 +278,21 @@ def best_buddies_any(desc1, desc2, origin: A.Origin, precision: str, chunk: int 
         return tuple(dev.back(r) for r in res)
 
 
-def _normalized(x, in_name: str, gemm_name: str):
+def _row_norms(x, in_name: str):
+    """(rows,) float32 ``max(||x_r||, 1e-8)`` on the current stream."""
     cp = _cupy()
     rows, c = (int(v) for v in x.shape)
     norms = cp.empty((rows,), dtype=cp.float32)
     kernel(f"dinofeat::bb_row_norm<{CXX_TYPES[in_name]}>")(
         (int(min(rows, GRID_CAP)),), (BB_THREADS,), (x, norms, np.int64(rows), np.int32(c))
     )
+    return norms
+
+
+def _normalized(x, in_name: str, gemm_name: str):
+    cp = _cupy()
+    rows, c = (int(v) for v in x.shape)
+    norms = _row_norms(x, in_name)
     out = cp.empty((rows, c), dtype=STORAGE[gemm_name])
     kernel(f"dinofeat::bb_normalize<{CXX_TYPES[in_name]}, {CXX_TYPES[gemm_name]}>")(
         (_grid(rows * c, 256),), (256,), (x, norms, out, np.int64(rows), np.int32(c))
@@ -251,6 +313,7 @@ def _gemm_nt(a, b, out, gemm_name: str):
     one = np.array(1.0, dtype=np.float32)
     zero = np.array(0.0, dtype=np.float32)
     handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)  # the handle may still hold another stream
     mode = cublas.getPointerMode(handle)
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
     try:  # column-major view: out.T (n x m) = b (k x n)^T @ a (k x m)
@@ -285,14 +348,20 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
     cp = _cupy()
     t1, t2 = int(x1.shape[0]), int(x2.shape[0])
     gemm_name = GEMM_DTYPE[precision]
-    a = _normalized(x1, name1, gemm_name)  # rows normalised once
-    b = _normalized(x2, name2, gemm_name)
+    # fp32 inputs, fp32 GEMM: no normalised copies, the epilogue scales S[i, j] by 1/||x1_i|| * 1/||x2_j||
+    scaled = gemm_name == "float32" and name1 == name2 == "float32"
+    if scaled:
+        a, b = x1, x2
+        rs, cs = 1.0 / _row_norms(x1, name1), 1.0 / _row_norms(x2, name2)
+    else:
+        a = _normalized(x1, name1, gemm_name)  # rows normalised (and cast) once
+        b = _normalized(x2, name2, gemm_name)
+        rs = cs = cp.empty((1,), dtype=cp.float32)
     step = int(chunk) if chunk else int(max(BB_TILE_ROWS, min(t1, DEFAULT_CHUNK_BYTES // (4 * t2))))
     step = min(step, MAX_CHUNK_ROWS)
     buf = cp.empty((min(step, t1), t2), dtype=cp.float32)
     row_keys = cp.zeros((t1,), dtype=cp.uint64)
     col_keys = cp.zeros((t2,), dtype=cp.uint64)
-    dummy = cp.empty((1,), dtype=cp.float32)
     epi = kernel("dinofeat::bb_epilogue")
     for i0 in range(0, t1, step):
         rows = min(step, t1 - i0)
@@ -307,9 +376,9 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
                 np.int32(rows),
                 np.int32(t2),
                 np.int64(i0),
-                dummy,
-                dummy,
-                np.int32(0),
+                rs[i0 : i0 + rows] if scaled else rs,
+                cs,
+                np.int32(scaled),
                 row_keys,
                 col_keys,
             ),

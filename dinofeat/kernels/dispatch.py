@@ -13,6 +13,11 @@ validated, contiguous arrays. Results come back as the caller's array kind on th
 Dtypes: float32, float16, bfloat16 (torch only) and float64. float64 is accepted and **cast to float32**
 (all implementations compute in float32, as the original does); the log_bin output then defaults to float32.
 Non-contiguous inputs are made contiguous (a copy), never rejected.
+
+NaN / Inf: host inputs are checked before computing (`InputError`). Device inputs (torch CUDA, CuPy) are never
+synchronised for it: `best_buddies` computes per-row sums on the device and reports through
+:meth:`BestBuddies.check` (call it where you synchronise anyway; `find_correspondences` does); `log_bin` does not
+check device inputs (a NaN / Inf propagates into every output bin that reads it).
 """
 
 from __future__ import annotations
@@ -49,6 +54,26 @@ class BestBuddies(NamedTuple):
     nn_2: object
     sim_2: object
     mask: object
+
+    def check(self) -> BestBuddies:
+        """Raise `InputError` if a device input held a NaN or an Inf (synchronises once); returns self.
+        Host inputs were checked before computing: a no-op for them."""
+        for pending in getattr(self, "_pending", ()):
+            pending.raise_if_bad()
+        return self
+
+
+class _DeviceBestBuddies(BestBuddies):
+    """`BestBuddies` of device inputs, carrying their deferred finiteness checks (``_pending``)."""
+
+
+def _with_pending(values, pending: list) -> BestBuddies:
+    pending = [p for p in pending if p is not None]
+    if not pending:
+        return BestBuddies(*values)
+    res = _DeviceBestBuddies(*values)
+    res._pending = tuple(pending)
+    return res
 
 
 @functools.cache
@@ -155,7 +180,8 @@ def log_bin(
     hierarchy = int(hierarchy)
     out_name = A.resolve_out_dtype(out_dtype, in_name, origin)
     impl = _resolve_impl(impl, origin)
-    A.check_finite("desc", desc)
+    if not origin.on_gpu:  # device inputs: no host sync (see the module docstring)
+        A.check_finite("desc", desc)
     desc = _contiguous(desc, origin)
 
     if b * t * c == 0:
@@ -223,7 +249,8 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
         ``nn_2 = -1``, ``sim_2 = -inf``.
 
     Raises:
-        InputError: wrong type/ndim/dtype, different kinds or devices, C mismatch, NaN/Inf, bad precision/chunk.
+        InputError: wrong type/ndim/dtype, different kinds or devices, C mismatch, NaN/Inf (device inputs: from
+            ``result.check()``), bad precision/chunk.
         BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
     """
     o1 = A.origin_of("desc1", desc1)
@@ -251,8 +278,7 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
         if chunk <= 0:
             raise InputError(f"chunk must be a positive number of rows or None, got {chunk}")
     impl = _resolve_impl(impl, o1)
-    A.check_finite("desc1", desc1)
-    A.check_finite("desc2", desc2)
+    pending = [A.check_finite_deferred("desc1", desc1), A.check_finite_deferred("desc2", desc2)]
     desc1 = _contiguous(desc1, o1)
     desc2 = _contiguous(desc2, o2)
     t1, t2 = int(desc1.shape[0]), int(desc2.shape[0])
@@ -262,17 +288,17 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
     if impl == "reference":
         x1, x2 = A.to_torch(desc1, o1), A.to_torch(desc2, o2)
         res = reference.best_buddies(x1, x2, precision=precision, chunk=chunk)
-        return BestBuddies(*(A.from_torch(r, o1) for r in res))
+        return _with_pending([A.from_torch(r, o1) for r in res], pending)
     if impl == "cpu":
         from . import cpu
 
         res = cpu.best_buddies(
             A.to_numpy_f32(desc1, o1), A.to_numpy_f32(desc2, o2), precision=precision, chunk=chunk
         )
-        return BestBuddies(*(A.from_numpy(r, o1) for r in res))
+        return _with_pending([A.from_numpy(r, o1) for r in res], pending)
     from . import cuda
 
-    return BestBuddies(*cuda.best_buddies_any(desc1, desc2, o1, precision, chunk))
+    return _with_pending(cuda.best_buddies_any(desc1, desc2, o1, precision, chunk), pending)
 
 
 __all__ = ["BestBuddies", "BackendUnavailableError", "best_buddies", "log_bin", "native_available"]

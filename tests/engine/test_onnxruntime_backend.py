@@ -117,18 +117,24 @@ def test_cpu_providers_and_session_options():
         ortb.session_options(optimization="max")
 
 
-def test_gpu_provider_order_and_fallback_warning(monkeypatch, tmp_path):
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+def test_gpu_provider_order_precision_options_and_fallback_warning(monkeypatch, tmp_path):
+    all3 = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: all3)
     p = ortb.select_providers(torch.device("cuda", 0), "fp16", height=224, width=336, max_batch=4,
-                              cache_dir=tmp_path, stream=1234)
+                              cache_dir=tmp_path)
     assert [ortb._provider_name(x) for x in p] == list(ortb.PROVIDER_ORDER)
     trt_opts = p[0][1]
     assert trt_opts["trt_fp16_enable"] and trt_opts["trt_engine_cache_enable"] and trt_opts["trt_timing_cache_enable"]
     assert trt_opts["trt_engine_cache_path"] == str(tmp_path / "trt" / "ort")
     assert trt_opts["trt_profile_max_shapes"] == "images:4x3x224x336"
-    assert p[1][1] == {"device_id": 0, "user_compute_stream": "1234"}
-    no_trt = ortb.select_providers(torch.device("cuda", 0), use_tensorrt=False)
+    assert p[1][1] == {"device_id": 0, "use_tf32": "0"}  # no per-stream session: ORT's own stream
+    # fp32 stays fp32: the CUDA EP with TF32 off (ORT defaults to on), never the TensorRT EP (TF32 on, no option)
+    p32 = ortb.select_providers(torch.device("cuda", 1), "fp32", cache_dir=tmp_path)
+    assert p32 == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": "0"}), "CPUExecutionProvider"]
+    ptf = ortb.select_providers(torch.device("cuda", 0), "tf32", cache_dir=tmp_path, available=all3)
+    assert ptf[0][0] == "TensorrtExecutionProvider" and not ptf[0][1]["trt_fp16_enable"]
+    assert ptf[1] == ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": "1"})
+    no_trt = ortb.select_providers(torch.device("cuda", 0), "fp16", use_tensorrt=False)
     assert [ortb._provider_name(x) for x in no_trt] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.warns(RuntimeWarning, match="no CUDAExecutionProvider"):
@@ -148,8 +154,19 @@ def test_gpu_provider_order_and_fallback_warning(monkeypatch, tmp_path):
 def test_precision_and_device_errors():
     with pytest.raises(InputError, match="bf16"):
         ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "bf16", "")
-    with pytest.raises(InputError, match="needs device='cuda'"):
-        ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp16", "")
+    for precision in ("fp16", "tf32"):
+        with pytest.raises(InputError, match="needs device='cuda'"):
+            ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), precision, "")
+
+
+def test_gpu_session_options_do_not_spin_every_core():
+    so = ortb.session_options(gpu=True)
+    assert so.intra_op_num_threads == 1
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    cpu = ortb.session_options()
+    assert cpu.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert ortb.session_options(4, gpu=True).intra_op_num_threads == 4  # explicit threads win
 
 
 def test_fused_graph_failing_its_check_falls_back_to_plain(monkeypatch, tmp_path):
@@ -195,12 +212,16 @@ def test_cuda_iobinding_keeps_outputs_on_the_device(tmp_path):
     gpu_be = ortb.OnnxRuntimeBackend(_vit(), torch.device("cuda"), "fp32", "w", cache_dir=tmp_path,
                                      use_tensorrt=False)
     s = torch.cuda.Stream()
-    with torch.cuda.stream(s):  # ORT joins the caller's stream
-        got = gpu_be.run(x.cuda(), MULTI)
+    with torch.cuda.stream(s):  # inputs written on the caller's stream; ORT waits for them
+        xs = x.cuda()
+        got = gpu_be.run(xs, MULTI)
+        again = gpu_be.run(xs, MULTI)
         assert all(v.device.type == "cuda" for v in got.values())
     s.synchronize()
+    assert len(gpu_be._sessions) == 1  # one session for every stream
     for name in MULTI.output_names():
         assert rel_err(got[name].cpu(), cpu[name]) < 1e-4, name
+        assert rel_err(again[name].cpu(), cpu[name]) < 1e-4, name
     fp16 = ortb.OnnxRuntimeBackend(_vit(), torch.device("cuda"), "fp16", "w", cache_dir=tmp_path,
                                    use_tensorrt=False).run(x.cuda(), MULTI)
     assert rel_err(fp16["key9"].cpu(), cpu["key9"]) < 3e-3

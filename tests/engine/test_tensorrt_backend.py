@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import types
+from contextlib import contextmanager as contextlib_contextmanager
 
 import numpy as np
 import pytest
@@ -155,8 +156,14 @@ def fake_trt(version: str):
         def __init__(self):
             pass
 
+    class ILogger:
+        Severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self):
+            pass
+
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    trt.IProgressMonitor = IProgressMonitor
+    trt.IProgressMonitor, trt.ILogger = IProgressMonitor, ILogger
     return trt
 
 
@@ -217,6 +224,20 @@ def test_build_on_10_pins_layernorm_softmax_reduce_to_fp32(onnx_file, tmp_path, 
     assert timing.read_bytes() == b"TIMINGold"  # loaded, then saved back
     assert cfg.progress_monitor is not None and "this takes minutes" in capsys.readouterr().err
     assert ("pool", trt.MemoryPoolType.WORKSPACE, 1 << 30) in trt.calls
+
+
+def test_plan_tensorrt_10_12_defaults_to_strong_typing_and_tf32_is_opt_in():
+    trt = fake_trt("10.12.0")  # weak-typing flags still exist, but are deprecated: strong typing by default
+    p16 = trt_export.build_plan(trt, "fp16")
+    assert p16["typing"] == "strong" and p16["onnx_precision"] == "fp16" and p16["pin_fp32"] == []
+    assert p16["network_flags"] == ["STRONGLY_TYPED"] and p16["builder_flags"] == []
+    assert trt_export.build_plan(trt, "fp16", strongly_typed=False)["typing"] == "weak"  # still selectable
+    assert trt_export.build_plan(fake_trt("10.11.1"), "fp16")["typing"] == "weak"
+    for version in ("10.3.0", "10.12.0", "11.4.0"):
+        t = fake_trt(version)
+        p32, tf32 = trt_export.build_plan(t, "fp32"), trt_export.build_plan(t, "tf32")
+        assert p32["clear_flags"] == ["TF32"] and "TF32" not in p32["builder_flags"]
+        assert tf32["builder_flags"] == ["TF32"] and tf32["clear_flags"] == [] and tf32["onnx_precision"] == "fp32"
 
 
 def test_build_on_11_is_strongly_typed_and_never_sets_layer_precision(onnx_file):
@@ -399,3 +420,174 @@ def test_cuda_graph_replay_and_cupy_buffers(real_trt, tmp_path):
     eager.execute(64, 96, REQ, x, outs, batch=1)
     torch.cuda.synchronize()
     assert rel_err(cp.asnumpy(outs["key9"]), ref["key9"].cpu().numpy()) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------- execution
+class _Stream:
+    def __init__(self, handle):
+        self.cuda_stream, self.waits, self.syncs = handle, [], 0
+
+    def wait_stream(self, other):
+        self.waits.append(other.cuda_stream)
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+class _FakeCuda:
+    """CPU stand-in of `CudaOps`: records the device guards, hands out fake streams, captures fake graphs."""
+
+    def __init__(self):
+        self.current, self.guards, self.capturing, self.next_handle = _Stream(111), [], False, 900
+
+    @contextlib_contextmanager
+    def device_guard(self, device):
+        self.guards.append(str(device))
+        yield
+
+    def current_stream(self, device):
+        return self.current
+
+    def new_stream(self, device):
+        self.next_handle += 1
+        return _Stream(self.next_handle)
+
+    def to_device(self, x, device):
+        return x.float().contiguous()
+
+    def empty(self, shape, dtype, device):
+        return torch.zeros(shape, dtype=dtype)
+
+    def graph(self):
+        return types.SimpleNamespace(replays=0, replay=lambda: None)
+
+    @contextlib_contextmanager
+    def capture(self, graph, stream):
+        self.capturing = True
+        try:
+            yield
+        finally:
+            self.capturing = False
+
+
+class _Context:
+    def __init__(self, engine):
+        self.engine, self.shape, self.addresses, self.launches = engine, None, {}, []
+
+    def set_input_shape(self, name, shape):
+        if "shape" in self.engine.fail:
+            self.engine.logger.log(1, f"IExecutionContext::setInputShape: {shape} is outside the profile")
+            return False
+        self.shape = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def get_tensor_shape(self, name):
+        b = self.shape[0]
+        return (b, 345, 384) if name == "key9" else (b, 345)
+
+    def execute_async_v3(self, handle):
+        capturing = self.engine.cuda.capturing
+        self.launches.append((handle, capturing))
+        if ("capture" if capturing else "execute") in self.engine.fail:
+            self.engine.logger.log(1, "enqueueV3: illegal memory access")
+            return False
+        return True
+
+
+class _FakeEngine:
+    num_io_tensors = 3
+
+    def __init__(self, cuda, logger):
+        self.cuda, self.logger, self.fail, self.contexts = cuda, logger, set(), []
+
+    def create_execution_context(self):
+        if "context" in self.fail:
+            return None
+        self.contexts.append(_Context(self))
+        return self.contexts[-1]
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """A TensorRTBackend on 'cuda:1' whose engine, contexts and CUDA calls are CPU stand-ins."""
+    import sys
+
+    from dinofeat.engine.backends import tensorrt as trtb
+
+    trt = fake_trt("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = _FakeCuda()
+    be = trtb.TensorRTBackend(StridedViT(get_model_spec("dino_vits8"), 4), torch.device("cuda", 1), "fp32", "w",
+                              max_batch=4, cuda_ops=cuda)
+    be.cuda_graphs = False
+    logger = trt_export.recording_logger(trt)
+    eng = _FakeEngine(cuda, logger)
+    dtypes = {"key9": torch.float32, "saliency": torch.float32}
+    be._engines[(64, 96, REQ)] = trtb._Engine(eng, None, logger, ["key9", "saliency"], dtypes, {})
+    return be, eng, cuda
+
+
+def test_one_context_per_stream_under_the_engines_device(fake_backend):
+    be, eng, cuda = fake_backend
+    x = torch.zeros(2, 3, 64, 96)
+    out = be.run(x, REQ)
+    assert out["key9"].shape == (2, 345, 384) and out["saliency"].shape == (2, 345)
+    be.run(x, REQ)
+    assert len(eng.contexts) == 1  # same stream: same context
+    cuda.current = _Stream(222)
+    be.run(x[:1], REQ)
+    assert len(eng.contexts) == 2 and [c.launches[0][0] for c in eng.contexts] == [111, 222]
+    assert cuda.guards == ["cuda:1"] * 3  # every run under the engine's device, whatever the current one
+    be.execute(64, 96, REQ, x, {"key9": 1, "saliency": 2}, batch=2, stream=333)
+    assert len(eng.contexts) == 3 and eng.contexts[-1].addresses == {"images": x.data_ptr(), "key9": 1,
+                                                                    "saliency": 2}
+
+
+def test_tensorrt_failures_raise_backend_error_with_its_message(fake_backend):
+    from dinofeat.errors import BackendError
+
+    be, eng, cuda = fake_backend
+    x = torch.zeros(1, 3, 64, 96)
+    eng.fail = {"shape"}
+    with pytest.raises(BackendError, match=r"set_input_shape.*TensorRT said: .*outside the profile"):
+        be.run(x, REQ)
+    eng.fail = {"execute"}
+    with pytest.raises(BackendError, match="execute_async_v3 failed.*illegal memory access"):
+        be.run(x, REQ)
+    with pytest.raises(BackendError, match="execute_async_v3 failed"):
+        be.execute(64, 96, REQ, x, {"key9": 1, "saliency": 2}, batch=1)
+    eng.fail = {"context"}
+    cuda.current = _Stream(5)
+    with pytest.raises(BackendError, match="create_execution_context"):
+        be.run(x, REQ)
+
+
+def test_cuda_graph_per_shape_and_stream_and_failed_capture_is_never_replayed(fake_backend):
+    from dinofeat.errors import BackendError
+
+    be, eng, cuda = fake_backend
+    be.cuda_graphs = True
+    x = torch.zeros(1, 3, 64, 96)
+    eng.fail = {"capture"}
+    with pytest.raises(BackendError, match="during CUDA-graph capture.*illegal memory access"):
+        be.run(x, REQ)
+    (entry_eng,) = be._engines.values()
+    assert entry_eng.graphs == {}  # nothing stored: the empty graph is never replayed
+    eng.fail = set()
+    be.run(x, REQ)
+    be.run(x, REQ)
+    assert len(entry_eng.graphs) == 1
+    be.run(torch.zeros(2, 3, 64, 96), REQ)  # another batch shape: another graph, another context
+    cuda.current = _Stream(222)
+    be.run(x, REQ)  # another stream: another graph and static buffers
+    graphs = list(entry_eng.graphs.values())
+    assert sorted(entry_eng.graphs) == [((1, 3, 64, 96), 111), ((1, 3, 64, 96), 222), ((2, 3, 64, 96), 111)]
+    assert len({id(g.ctx) for g in graphs}) == 3 and len({id(g.static_in) for g in graphs}) == 3
+    # each capture: one eager warm-up on the caller's stream, then the captured launch on a side stream
+    launches = [c.launches for c in eng.contexts[1:]]
+    assert all(lc[0] == (lc[0][0], False) and lc[1][1] is True for lc in launches)

@@ -225,6 +225,15 @@ def test_fp16_graph_keeps_layernorm_and_softmax_in_fp32():
             assert types[node.output[0]] == TensorProto.FLOAT, node.name
     matmul_types = {types[n.input[1]] for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in types}
     assert TensorProto.FLOAT16 in matmul_types
+    # q is scaled before q.k^T (fp16 range; TensorRT's attention fusion): Softmax <- [Cast] <- MatMul(Mul(q), k)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    softmaxes = [n for n in m.graph.node if n.op_type == "Softmax"]
+    assert softmaxes
+    for sm in softmaxes:
+        n = producer[sm.input[0]]
+        while n.op_type == "Cast":
+            n = producer[n.input[0]]
+        assert n.op_type == "MatMul" and producer[n.input[0]].op_type == "Mul", sm.name
     assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in m.graph.output)
     assert tensorrt_unsupported_ops(m) == {}
     x = np.random.default_rng(2).standard_normal((1, 3, H, W)).astype(np.float32)

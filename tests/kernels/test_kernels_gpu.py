@@ -7,7 +7,7 @@ import pytest
 import torch
 from kernels_helpers import check_bb_against, rel_err
 
-from dinofeat.errors import BackendUnavailableError
+from dinofeat.errors import BackendUnavailableError, InputError
 from dinofeat.kernels import best_buddies, log_bin
 from dinofeat.kernels import reference as R
 
@@ -68,6 +68,7 @@ def test_log_bin_cupy(cp, grid, hierarchy):
 def test_log_bin_torch_cuda(cp, dtype, out_dtype):
     x = torch.randn(1, 7 * 9, 16, device="cuda").to(dtype)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # x was written on the default stream
     with torch.cuda.stream(stream):
         out = log_bin(x, (7, 9), out_dtype=out_dtype)
     stream.synchronize()
@@ -95,12 +96,65 @@ def test_best_buddies_cupy(cp, t1, t2, chunk):
 
 @pytest.mark.gpu
 def test_best_buddies_ties_on_gpu(cp):
+    # Exact products (+-1 entries): equal values are bit-equal in every GEMM shape -> lowest index, always.
     base = np.sign(np.random.default_rng(3).standard_normal((5, 16))).astype(np.float32)
     d2 = np.concatenate([base, base, base])
     d1 = np.concatenate([base[::-1], base])
     nn_1, sim_1, nn_2, sim_2, mask = best_buddies(cp.asarray(d1), cp.asarray(d2), chunk=3)
     np.testing.assert_array_equal(cp.asnumpy(nn_1), [4, 3, 2, 1, 0, 0, 1, 2, 3, 4])
     np.testing.assert_array_equal(cp.asnumpy(nn_2), [4, 3, 2, 1, 0] * 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [3, 7, None])
+def test_best_buddies_inexact_duplicates_on_gpu(cp, chunk):
+    # Inexact products: duplicated columns are mathematically tied, but cuBLAS need not give bit-equal floats across
+    # GEMM shapes (chunks). What holds: the winner is one of the duplicates, its value is the max to fp32 accuracy,
+    # and mask is exactly nn_2[nn_1[i]] == i.
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((5, 96)).astype(np.float32)
+    d2 = np.concatenate([base, base, base])
+    d1 = np.concatenate([base[::-1] + 1e-3 * rng.standard_normal((5, 96)).astype(np.float32), base])
+    nn_1, sim_1, nn_2, sim_2, mask = (cp.asnumpy(v) for v in best_buddies(cp.asarray(d1), cp.asarray(d2),
+                                                                           chunk=chunk))
+    np.testing.assert_array_equal(nn_1 % 5, [4, 3, 2, 1, 0, 0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(nn_2, [5, 6, 7, 8, 9] * 3)  # every copy in image 2 picks the exact row
+    ref = R.best_buddies(torch.from_numpy(d1), torch.from_numpy(d2))
+    np.testing.assert_allclose(sim_1, ref[1].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(mask, nn_2[nn_1] == np.arange(10))
+
+
+@pytest.mark.gpu
+def test_torch_inputs_use_torch_stream_and_memory(cp):
+    """Kernels on torch tensors run on torch's current stream and allocate from torch's pool (CuPy's stays empty)."""
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    d1 = torch.randn(1500, 384, device="cuda")
+    d2 = torch.randn(1700, 384, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        res = best_buddies(d1, d2)
+        binned = log_bin(d1[None], (30, 50))
+    side.synchronize()
+    assert pool.total_bytes() == 0  # every temporary and result came from torch's caching allocator
+    ref = R.best_buddies(d1.cpu(), d2.cpu())
+    check_bb_against([v.cpu().numpy() for v in res], [v.numpy() for v in ref], tie_tol=1e-5)
+    assert rel_err(binned.cpu().numpy(), R.log_bin(d1[None].cpu(), (30, 50)).numpy()) <= 1e-6
+    if torch.cuda.device_count() > 1:  # a tensor on a GPU that is not the current device
+        e1, e2 = d1.to("cuda:1"), d2.to("cuda:1")
+        got = best_buddies(e1, e2)
+        assert got.nn_1.device == e1.device
+        np.testing.assert_array_equal(got.nn_1.cpu().numpy(), res.nn_1.cpu().numpy())
+
+
+@pytest.mark.gpu
+def test_device_nan_is_reported_by_check_without_a_sync_in_the_call(cp):
+    d1 = torch.randn(300, 64, device="cuda")
+    d1[123, 5] = float("nan")
+    res = best_buddies(d1, torch.randn(200, 64, device="cuda"))  # no InputError here: nothing read back
+    with pytest.raises(InputError, match="desc1 contains NaN at row 123"):
+        res.check()
 
 
 @pytest.mark.gpu

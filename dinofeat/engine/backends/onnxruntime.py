@@ -9,10 +9,18 @@ One session per (H, W, request), built on first use from the cached ONNX file (`
 
 Providers are filtered by what the installed onnxruntime offers, in the order TensorRT EP -> CUDA EP -> CPU EP;
 when the session ends up on a later provider than the best one asked for, a warning says which and why.
-CPU sessions use threads = usable cores, ``ORT_ENABLE_ALL``, sequential execution and the CPU memory arena.
+CPU sessions use threads = usable cores, ``ORT_ENABLE_ALL``, sequential execution and the CPU memory arena; GPU
+sessions use one intra-op thread without spinning (the GPU does the work; spinning threads on every core would
+only steal CPU from the rest of the process).
 Inputs and outputs are bound with IOBinding to torch memory on the backend's device (CUDA: device pointers, no
-host round-trip; ORT runs on the caller's current torch stream when it is not the legacy default stream), so the
-descriptor kernels read the ViT outputs in place.
+host round-trip), so the descriptor kernels read the ViT outputs in place. One session serves every stream: it
+computes on ORT's own stream, the caller's current torch stream is synchronised before the run (inputs ready) and
+``run_with_iobinding`` returns when the outputs are complete.
+
+Precision: ``fp32`` is IEEE fp32 on the GPU too: the CUDA EP gets ``use_tf32=0`` (ORT's default is 1, TF32
+matmuls/convolutions on Ampere+, which miss the 1e-4 parity) and the TensorRT EP, which has no option to clear
+TensorRT's TF32 flag, is not used for fp32. ``tf32`` is the explicit opt-in (CUDA EP ``use_tf32=1``, TensorRT EP
+allowed); ``fp16`` runs the fp16 graph (TensorRT EP with ``trt_fp16_enable``, or the CUDA EP).
 
 `create_session(...)` builds a bare session for (model, stride, H, W) for benchmarks and tools.
 """
@@ -30,7 +38,7 @@ from ...errors import BackendUnavailableError, InputError
 from ...export.model import Request, StridedViT
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16")
 
 
 def import_onnxruntime():
@@ -51,13 +59,17 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None, *, optimization: str = "all", profile: str | None = None):
+def session_options(threads: int | None = None, *, optimization: str = "all", profile: str | None = None,
+                    gpu: bool = False):
     """Session options tuned for inference: threads = usable cores (intra-op), 1 inter-op thread, graph
     optimisation level `optimization` ("all" | "extended" | "basic" | "disabled"), sequential execution, CPU memory
-    arena and memory-pattern planning on, spinning threads (lowest latency on dedicated cores)."""
+    arena and memory-pattern planning on, spinning threads (lowest latency on dedicated cores).
+
+    ``gpu=True`` (a CUDA / TensorRT EP session): one intra-op thread (unless `threads` says otherwise) and no
+    spinning: the host threads only launch kernels, and spinning would burn every core while the GPU works."""
     ort = import_onnxruntime()
     so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads) if threads else usable_cores()
+    so.intra_op_num_threads = int(threads) if threads else (1 if gpu else usable_cores())
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     levels = {
@@ -72,54 +84,66 @@ def session_options(threads: int | None = None, *, optimization: str = "all", pr
     so.enable_cpu_mem_arena = True
     so.enable_mem_pattern = True
     so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0" if gpu else "1")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0" if gpu else "1")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
     return so
 
 
+def cuda_provider_options(device_id: int, precision: str = "fp32") -> dict:
+    """CUDA EP options: ``use_tf32`` is "1" only for precision="tf32" (ORT's own default is TF32 on)."""
+    return {"device_id": int(device_id), "use_tf32": "1" if precision == "tf32" else "0"}
+
+
+def tensorrt_provider_options(device_id: int, precision: str, trt_dir, *, height: int | None = None,
+                              width: int | None = None, max_batch: int = 8) -> dict:
+    """TensorRT EP options: engine + timing cache under `trt_dir`, fp16 for precision="fp16", a batch profile
+    1..max_batch when (height, width) are known."""
+    opts = {
+        "device_id": int(device_id),
+        "trt_fp16_enable": precision == "fp16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(trt_dir),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(trt_dir),
+    }
+    if height and width:
+        shape = f"3x{height}x{width}"
+        opts.update(trt_profile_min_shapes=f"images:1x{shape}", trt_profile_opt_shapes=f"images:1x{shape}",
+                    trt_profile_max_shapes=f"images:{max_batch}x{shape}")
+    return opts
+
+
 def select_providers(device: torch.device, precision: str = "fp32", *, height: int | None = None,
                      width: int | None = None, max_batch: int = 8, cache_dir=None, use_tensorrt: bool = True,
-                     stream: int | None = None) -> list:
-    """Provider list (with options) for `device`, filtered by what the installed onnxruntime offers.
+                     available=None) -> list:
+    """Provider list (with options) for `device`, filtered by what the installed onnxruntime offers
+    (`available`: default ``onnxruntime.get_available_providers()``).
 
     CPU device: CPU EP only. CUDA device: TensorRT EP (engine + timing cache under ``<cache>/trt/ort``, profile for
-    batch 1..max_batch) if offered and `use_tensorrt`, then CUDA EP, then CPU EP. Warns when a GPU provider the
-    device needs is missing.
+    batch 1..max_batch) if offered, `use_tensorrt` and precision is not "fp32" (the TensorRT EP cannot clear
+    TensorRT's TF32 flag), then CUDA EP (`cuda_provider_options`), then CPU EP. Warns when a GPU provider the device
+    needs is missing.
     """
-    ort = import_onnxruntime()
-    available = set(ort.get_available_providers())
+    if available is None:
+        available = import_onnxruntime().get_available_providers()
+    available = set(available)
     device = torch.device(device)
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
     index = device.index if device.index is not None else torch.cuda.current_device()
     providers: list = []
-    if use_tensorrt and "TensorrtExecutionProvider" in available:
+    if use_tensorrt and precision != "fp32" and "TensorrtExecutionProvider" in available:
         from ...export import cache
 
         trt_dir = cache.cache_subdir("trt", cache_dir) / "ort"
         trt_dir.mkdir(parents=True, exist_ok=True)
-        opts = {
-            "device_id": index,
-            "trt_fp16_enable": precision == "fp16",
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(trt_dir),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(trt_dir),
-        }
-        if height and width:
-            shape = f"3x{height}x{width}"
-            opts.update(trt_profile_min_shapes=f"images:1x{shape}", trt_profile_opt_shapes=f"images:1x{shape}",
-                        trt_profile_max_shapes=f"images:{max_batch}x{shape}")
-        if stream:
-            opts["user_compute_stream"] = str(stream)
-        providers.append(("TensorrtExecutionProvider", opts))
+        providers.append(("TensorrtExecutionProvider", tensorrt_provider_options(
+            index, precision, trt_dir, height=height, width=width, max_batch=max_batch)))
     if "CUDAExecutionProvider" in available:
-        opts = {"device_id": index}
-        if stream:
-            opts["user_compute_stream"] = str(stream)
-        providers.append(("CUDAExecutionProvider", opts))
+        providers.append(("CUDAExecutionProvider", cuda_provider_options(index, precision)))
     else:
         warnings.warn(
             f"device={str(device)!r} but this onnxruntime offers no CUDAExecutionProvider (it offers "
@@ -127,6 +151,10 @@ def select_providers(device: torch.device, precision: str = "fp32", *, height: i
             RuntimeWarning, stacklevel=3)
     providers.append("CPUExecutionProvider")
     return providers
+
+
+def _on_gpu(providers: list) -> bool:
+    return _provider_name(providers[0]) != "CPUExecutionProvider"
 
 
 def _provider_name(p) -> str:
@@ -150,7 +178,6 @@ class _Session:
     output_names: list
     output_shapes: dict
     on_gpu: bool
-    stream: int | None
 
 
 class OnnxRuntimeBackend:
@@ -159,7 +186,8 @@ class OnnxRuntimeBackend:
     Args:
         model: fp32 CPU `StridedViT` with weights loaded (exported per (H, W, request) on first use).
         device: torch device; "cuda[:N]" uses the TensorRT/CUDA EPs, "cpu" the CPU EP.
-        precision: "fp32", or "fp16" (CUDA only: the fp16 graph with fp32 LayerNorm/Softmax).
+        precision: "fp32" (IEEE fp32 on the GPU too), "tf32" (CUDA only: TF32 matmuls, opt-in) or "fp16" (CUDA
+            only: the fp16 graph with fp32 LayerNorm/Softmax).
         weights_id: SHA-256 of the weights (cache key).
         optimize: use the ORT transformer-fused graph where the provider can run it.
         threads: CPU intra-op threads (default: usable cores).
@@ -178,9 +206,9 @@ class OnnxRuntimeBackend:
         if precision not in PRECISIONS:
             raise InputError(f"precision={precision!r} is not available with backend='onnxruntime'; choose fp32 "
                              f"(CPU/CUDA) or fp16 (CUDA), or use backend='torch' for bf16")
-        if precision == "fp16" and self.device.type != "cuda":
-            raise InputError("precision='fp16' with backend='onnxruntime' needs device='cuda' (ONNX Runtime's CPU "
-                             "kernels are float32); use precision='fp32' on the CPU")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise InputError(f"precision={precision!r} with backend='onnxruntime' needs device='cuda' (ONNX "
+                             "Runtime's CPU kernels are float32); use precision='fp32' on the CPU")
         if self.device.type not in ("cpu", "cuda"):
             raise InputError(f"device={str(self.device)!r} is not supported by backend='onnxruntime'; use cpu/cuda")
         self.precision = precision
@@ -199,26 +227,24 @@ class OnnxRuntimeBackend:
 
     # ------------------------------------------------------------------------------------------------------
     def session_for(self, height: int, width: int, request: Request) -> _Session:
-        """The (cached) session for this input size and request."""
-        stream = None
-        if self.device.type == "cuda":
-            stream = torch.cuda.current_stream(self.device).cuda_stream or None  # 0 = legacy default: ORT's own
-        key = (int(height), int(width), request, stream)
+        """The (cached) session for this input size and request (one for every stream and thread)."""
+        key = (int(height), int(width), request)
         if key not in self._sessions:
-            self._sessions[key] = self._build(int(height), int(width), request, stream)
+            self._sessions[key] = self._build(int(height), int(width), request)
         return self._sessions[key]
 
-    def _build(self, height: int, width: int, request: Request, stream) -> _Session:
+    def _build(self, height: int, width: int, request: Request) -> _Session:
         from ...export.onnx import output_shapes
 
         providers = select_providers(self.device, self.precision, height=height, width=width,
                                      max_batch=self.max_batch, cache_dir=self.cache_dir,
-                                     use_tensorrt=self.use_tensorrt, stream=stream)
+                                     use_tensorrt=self.use_tensorrt)
         trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
-        variant = "ort" if (self.optimize and not trt_first and self.precision == "fp32") else "plain"
-        path = _graph(self.model, request, height, width, self.precision, self.weights_id, variant, self.cache_dir,
-                      self.progress)
-        so = session_options(self.threads)
+        graph_precision = "fp16" if self.precision == "fp16" else "fp32"
+        variant = "ort" if (self.optimize and not trt_first and graph_precision == "fp32") else "plain"
+        path = _graph(self.model, request, height, width, graph_precision, self.weights_id, variant,
+                      self.cache_dir, self.progress)
+        so = session_options(self.threads, gpu=_on_gpu(providers))
         session = self.ort.InferenceSession(str(path), so, providers=providers)
         _warn_on_fallback(session, providers)
         on_gpu = session.get_providers()[0] != "CPUExecutionProvider"
@@ -226,7 +252,7 @@ class OnnxRuntimeBackend:
         if names != request.output_names():
             raise RuntimeError(f"ONNX file {path} has outputs {names}, expected {request.output_names()}; delete it")
         return _Session(session, str(path), providers, names, output_shapes(self.model, request, height, width),
-                        on_gpu, stream)
+                        on_gpu)
 
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
@@ -244,7 +270,7 @@ class OnnxRuntimeBackend:
         binding.bind_input("images", dev_type, dev_id, np.float32, list(x.shape), x.data_ptr())
         for name, t in outs.items():
             binding.bind_output(name, dev_type, dev_id, np.float32, list(t.shape), t.data_ptr())
-        if where.type == "cuda" and s.stream is None:
+        if where.type == "cuda":
             torch.cuda.current_stream(where).synchronize()  # ORT computes on its own stream: inputs must be ready
         s.session.run_with_iobinding(binding)  # returns when the outputs are complete
         if where != self.device:
@@ -298,12 +324,15 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
     device = torch.device(device)
     providers = select_providers(device, precision, height=height, width=width, cache_dir=cache_dir)
     trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
-    variant = "ort" if optimize and precision == "fp32" and not trt_first else "plain"
-    path = _graph(vit, request, height, width, precision, weights_id, variant, cache_dir, progress)
+    graph_precision = "fp16" if precision == "fp16" else "fp32"
+    variant = "ort" if optimize and graph_precision == "fp32" and not trt_first else "plain"
+    path = _graph(vit, request, height, width, graph_precision, weights_id, variant, cache_dir, progress)
     ort = import_onnxruntime()
-    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    session = ort.InferenceSession(str(path), session_options(threads, gpu=_on_gpu(providers)),
+                                   providers=providers)
     _warn_on_fallback(session, providers)
     return session, INPUT_NAME, request.output_names()
 
 
-__all__ = ["OnnxRuntimeBackend", "create_session", "select_providers", "session_options", "usable_cores"]
+__all__ = ["OnnxRuntimeBackend", "create_session", "cuda_provider_options", "select_providers", "session_options",
+           "tensorrt_provider_options", "usable_cores"]

@@ -1,24 +1,35 @@
 """Native TensorRT backend: the exported graph as a TensorRT engine, run with ``execute_async_v3``.
 
 Per (H, W, request): export the ONNX (`dinofeat.export.onnx.get_onnx`, the plain TensorRT-clean graph in the
-precision `build_plan` asks for), build or load the cached engine (`dinofeat.export.tensorrt.get_engine`) and keep
-one execution context. `run` binds tensors by address -- the input batch and freshly allocated torch outputs on
-the device -- and enqueues on the caller's current torch stream (``torch.cuda.current_stream()``, which the caller
-controls with ``with torch.cuda.stream(s):``); nothing is synchronised or copied to the host, so the descriptor
-kernels that follow on the same stream read the ViT outputs in place. `execute(...)` does the same for raw device
-pointers (torch or CuPy arrays) for callers that manage their own memory.
+precision `build_plan` asks for) and build or load the cached engine (`dinofeat.export.tensorrt.get_engine`).
+`run` binds tensors by address -- the input batch and freshly allocated torch outputs on the device -- and
+enqueues on the caller's current torch stream (``torch.cuda.current_stream()``, which the caller controls with
+``with torch.cuda.stream(s):``); nothing is synchronised or copied to the host, so the descriptor kernels that
+follow on the same stream read the ViT outputs in place. `execute(...)` does the same for raw device pointers
+(torch or CuPy arrays) for callers that manage their own memory.
 
-``cuda_graphs=True`` captures one CUDA graph per (batch, H, W, request) after a first eager run (TensorRT's
-documented requirement) and replays it; inputs are copied into the captured static buffer and outputs cloned out.
+Concurrency and devices: every call runs under a device guard for the engine's GPU (whatever the caller's current
+device is). Each stream gets its own execution context (a context's scratch memory and bindings belong to one
+stream at a time), created on first use; a lock per context covers bind + enqueue, so threads sharing a stream
+do not interleave their bindings. Every TensorRT return value is checked (``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``, context creation); a failure raises `BackendError` with the last
+TensorRT log messages.
+
+``cuda_graphs=True`` captures one CUDA graph per (batch shape, stream) with its own execution context and static
+input/output buffers (a captured graph is tied to its context's shapes and memory), after a first eager run
+(TensorRT's documented requirement). A capture whose ``execute_async_v3`` fails raises `BackendError`; nothing is
+stored, so an empty graph is never replayed. Inputs are copied into the static buffer and outputs cloned out on
+the caller's stream.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
 
-from ...errors import BackendUnavailableError, InputError
+from ...errors import BackendError, BackendUnavailableError, InputError
 from ...export.model import Request, StridedViT
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
@@ -43,15 +54,60 @@ def device_pointer(x) -> int:
                      "int device pointer")
 
 
+class CudaOps:
+    """The CUDA calls the backend makes, in one place (tests run the TensorRT logic on the CPU through a stand-in)."""
+
+    def device_guard(self, device: torch.device):
+        return torch.cuda.device(device)
+
+    def current_stream(self, device: torch.device):
+        return torch.cuda.current_stream(device)
+
+    def new_stream(self, device: torch.device):
+        return torch.cuda.Stream(device)
+
+    def to_device(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
+
+    def empty(self, shape, dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def graph(self):
+        return torch.cuda.CUDAGraph()
+
+    def capture(self, graph, stream):
+        return torch.cuda.graph(graph, stream=stream)
+
+
+@dataclass
+class _Context:
+    """One execution context with the lock that covers its bind + enqueue."""
+
+    context: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Graph:
+    """A captured CUDA graph with the context and static buffers it was captured on."""
+
+    ctx: _Context
+    graph: object
+    static_in: torch.Tensor
+    outs: dict
+
+
 @dataclass
 class _Engine:
     engine: object
     runtime: object
-    context: object
+    logger: object
     output_names: list
     output_dtypes: dict
     manifest: dict
-    graphs: dict = field(default_factory=dict)
+    contexts: dict = field(default_factory=dict)  # stream handle -> _Context
+    graphs: dict = field(default_factory=dict)  # (batch shape, stream handle) -> _Graph
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TensorRTBackend:
@@ -60,11 +116,12 @@ class TensorRTBackend:
     Args:
         model: fp32 CPU `StridedViT` with weights loaded.
         device: a CUDA device.
-        precision: "fp32" or "fp16".
+        precision: "fp32" (IEEE fp32: TensorRT's TF32 flag cleared), "tf32" (TF32 allowed) or "fp16".
         weights_id: SHA-256 of the weights (ONNX cache key; the engine key hashes the ONNX file).
         max_batch / opt_batch: the optimisation profile of the batch axis (min 1).
         cuda_graphs: capture and replay CUDA graphs for fixed shapes.
-        strongly_typed: force strong (True) or weak (False) typing; default: weak on 10.x, strong on 11.x.
+        strongly_typed: force strong (True) or weak (False) typing; default: weak on 10.0-10.11, strong from
+            10.12 (weak typing deprecated) and on 11.x (removed).
     """
 
     name = "tensorrt"
@@ -72,7 +129,7 @@ class TensorRTBackend:
     def __init__(self, model: StridedViT, device, precision: str = "fp32", weights_id: str = "", *,
                  max_batch: int = 8, opt_batch: int = 1, cuda_graphs: bool = False,
                  strongly_typed: bool | None = None, cache_dir=None, progress: bool = True,
-                 opt_level: int | None = None, workspace_bytes: int | None = None):
+                 opt_level: int | None = None, workspace_bytes: int | None = None, cuda_ops: CudaOps | None = None):
         from ...export import tensorrt as trt_export
 
         self.trt = trt_export.import_tensorrt()
@@ -93,7 +150,9 @@ class TensorRTBackend:
         self.progress = progress
         self.opt_level = opt_level
         self.workspace_bytes = workspace_bytes
+        self.cuda = cuda_ops or CudaOps()
         self._engines: dict[tuple, _Engine] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"TensorRTBackend(device={str(self.device)!r}, precision={self.precision!r}, "
@@ -102,9 +161,10 @@ class TensorRTBackend:
     # ------------------------------------------------------------------------------------------------------
     def engine_for(self, height: int, width: int, request: Request) -> _Engine:
         key = (int(height), int(width), request)
-        if key not in self._engines:
-            self._engines[key] = self._load(*key)
-        return self._engines[key]
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = self._load(*key)
+            return self._engines[key]
 
     def _load(self, height: int, width: int, request: Request) -> _Engine:
         from ...export import tensorrt as trt_export
@@ -113,23 +173,44 @@ class TensorRTBackend:
         onnx_path = get_onnx(self.model, request, height, width, precision=self.plan["onnx_precision"],
                              weights_id=self.weights_id, variant="plain", cache_dir=self.cache_dir,
                              progress=self.progress)
-        with torch.cuda.device(self.device):
+        logger = trt_export.recording_logger(self.trt)
+        with self.cuda.device_guard(self.device):
             engine, runtime, manifest = trt_export.get_engine(
                 onnx_path, precision=self.precision, profile=self.profile, height=height, width=width,
                 device=self.device, strongly_typed=self.strongly_typed, cache_dir=self.cache_dir,
                 progress=self.progress, opt_level=self.opt_level, workspace_bytes=self.workspace_bytes,
-                trt=self.trt)
-            context = engine.create_execution_context()
-        if context is None:
-            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+                trt=self.trt, logger=logger)
         trt = self.trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         order = request.output_names()
         if sorted(outputs) != sorted(order):
-            raise RuntimeError(f"engine outputs {outputs} do not match the request {order}")
+            raise BackendError(f"engine outputs {outputs} do not match the request {order}")
         dtypes = {n: _TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in order}
-        return _Engine(engine, runtime, context, order, dtypes, manifest)
+        return _Engine(engine, runtime, logger, order, dtypes, manifest)
+
+    def _new_context(self, eng: _Engine) -> _Context:
+        context = eng.engine.create_execution_context()
+        if context is None:
+            raise BackendError(self._failed(eng, "create_execution_context (out of GPU memory?)"))
+        return _Context(context)
+
+    def _context(self, eng: _Engine, handle: int) -> _Context:
+        """The execution context of stream `handle` (created on first use)."""
+        with eng.lock:
+            if handle not in eng.contexts:
+                eng.contexts[handle] = self._new_context(eng)
+            return eng.contexts[handle]
+
+    @staticmethod
+    def _failed(eng: _Engine, what: str) -> str:
+        from ...export.tensorrt import last_messages
+
+        return f"TensorRT {what} failed{last_messages(eng.logger)}"
+
+    def _check(self, ok, eng: _Engine, what: str) -> None:
+        if not ok:
+            raise BackendError(self._failed(eng, what))
 
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
@@ -139,48 +220,61 @@ class TensorRTBackend:
             raise InputError(f"batch of {b} images is outside the TensorRT profile 1..{self.profile.max_batch}; "
                              f"create the backend with max_batch >= {b}")
         eng = self.engine_for(height, width, request)
-        x = batch.to(device=self.device, dtype=torch.float32, non_blocking=True).contiguous()
-        stream = torch.cuda.current_stream(self.device)
-        if self.cuda_graphs:
-            return self._run_graph(eng, x, stream)
-        outs = self._bind(eng, x)
-        if not eng.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        with self.cuda.device_guard(self.device):
+            x = self.cuda.to_device(batch, self.device)
+            stream = self.cuda.current_stream(self.device)
+            if self.cuda_graphs:
+                return self._run_graph(eng, x, stream)
+            ctx = self._context(eng, int(stream.cuda_stream))
+            with ctx.lock:
+                outs = self._bind(eng, ctx.context, x)
+                self._check(ctx.context.execute_async_v3(stream.cuda_stream), eng, "execute_async_v3")
         return {k: v if v.dtype == torch.float32 else v.float() for k, v in outs.items()}
 
-    def _bind(self, eng: _Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        ctx = eng.context
-        ctx.set_input_shape("images", tuple(x.shape))
-        ctx.set_tensor_address("images", x.data_ptr())
+    def _bind(self, eng: _Engine, context, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check(context.set_input_shape("images", tuple(x.shape)), eng,
+                    f"set_input_shape('images', {tuple(x.shape)})")
+        self._check(context.set_tensor_address("images", x.data_ptr()), eng, "set_tensor_address('images')")
         outs = {}
         for name in eng.output_names:
-            shape = tuple(ctx.get_tensor_shape(name))
-            t = torch.empty(shape, dtype=eng.output_dtypes[name], device=self.device)
-            ctx.set_tensor_address(name, t.data_ptr())
+            shape = tuple(context.get_tensor_shape(name))
+            if any(int(d) < 0 for d in shape):
+                raise BackendError(self._failed(eng, f"shape inference of {name!r} (got {shape})"))
+            t = self.cuda.empty(shape, eng.output_dtypes[name], self.device)
+            self._check(context.set_tensor_address(name, t.data_ptr()), eng, f"set_tensor_address({name!r})")
             outs[name] = t
         return outs
 
     def _run_graph(self, eng: _Engine, x: torch.Tensor, stream) -> dict[str, torch.Tensor]:
-        key = tuple(x.shape)
-        if key not in eng.graphs:
-            static_in = torch.empty_like(x)
-            static_in.copy_(x)
-            outs = self._bind(eng, static_in)
-            # TensorRT: run once eagerly before capturing, so deferred allocations and shape-dependent state settle.
-            if not eng.context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed before CUDA-graph capture")
-            stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            capture = torch.cuda.Stream(self.device)
-            capture.wait_stream(stream)
-            with torch.cuda.graph(graph, stream=capture):
-                eng.context.execute_async_v3(capture.cuda_stream)
-            stream.wait_stream(capture)
-            eng.graphs[key] = (graph, static_in, outs)
-        graph, static_in, outs = eng.graphs[key]
+        key = (tuple(x.shape), int(stream.cuda_stream))
+        with eng.lock:
+            entry = eng.graphs.get(key)
+        if entry is None:
+            entry = self._capture(eng, x, stream)
+            with eng.lock:
+                entry = eng.graphs.setdefault(key, entry)
+        with entry.ctx.lock:
+            entry.static_in.copy_(x)
+            entry.graph.replay()
+            return {k: v.float() if v.dtype != torch.float32 else v.clone() for k, v in entry.outs.items()}
+
+    def _capture(self, eng: _Engine, x: torch.Tensor, stream) -> _Graph:
+        """A graph for x's shape on `stream`, with its own context and static buffers."""
+        ctx = self._new_context(eng)
+        static_in = self.cuda.empty(tuple(x.shape), torch.float32, self.device)
         static_in.copy_(x)
-        graph.replay()
-        return {k: v.float() if v.dtype != torch.float32 else v.clone() for k, v in outs.items()}
+        outs = self._bind(eng, ctx.context, static_in)
+        # TensorRT: run once eagerly before capturing, so deferred allocations and shape-dependent state settle.
+        self._check(ctx.context.execute_async_v3(stream.cuda_stream), eng, "execute_async_v3 before capture")
+        stream.synchronize()
+        graph = self.cuda.graph()
+        side = self.cuda.new_stream(self.device)
+        side.wait_stream(stream)
+        with self.cuda.capture(graph, side):
+            ok = ctx.context.execute_async_v3(side.cuda_stream)
+        stream.wait_stream(side)
+        self._check(ok, eng, "execute_async_v3 during CUDA-graph capture")
+        return _Graph(ctx, graph, static_in, outs)
 
     # ------------------------------------------------------------------------------------------------------
     def execute(self, height: int, width: int, request: Request, images, outputs: dict, *, batch: int,
@@ -189,17 +283,22 @@ class TensorRTBackend:
         {name: buffer} of the engine's output shapes/dtypes (torch tensors, CuPy arrays or int pointers), on
         `stream` (a ``cudaStream_t`` as int; default: torch's current stream). Returns without synchronising."""
         eng = self.engine_for(height, width, request)
-        ctx = eng.context
-        ctx.set_input_shape("images", (int(batch), 3, int(height), int(width)))
-        ctx.set_tensor_address("images", device_pointer(images))
         missing = set(eng.output_names) - set(outputs)
         if missing:
             raise InputError(f"outputs is missing buffers for {sorted(missing)}")
-        for name in eng.output_names:
-            ctx.set_tensor_address(name, device_pointer(outputs[name]))
-        handle = stream if stream is not None else torch.cuda.current_stream(self.device).cuda_stream
-        if not ctx.execute_async_v3(int(handle)):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        with self.cuda.device_guard(self.device):
+            handle = int(stream if stream is not None else self.cuda.current_stream(self.device).cuda_stream)
+            ctx = self._context(eng, handle)
+            with ctx.lock:
+                c = ctx.context
+                shape = (int(batch), 3, int(height), int(width))
+                self._check(c.set_input_shape("images", shape), eng, f"set_input_shape('images', {shape})")
+                self._check(c.set_tensor_address("images", device_pointer(images)), eng,
+                            "set_tensor_address('images')")
+                for name in eng.output_names:
+                    self._check(c.set_tensor_address(name, device_pointer(outputs[name])), eng,
+                                f"set_tensor_address({name!r})")
+                self._check(c.execute_async_v3(handle), eng, "execute_async_v3")
 
 
-__all__ = ["TensorRTBackend", "device_pointer"]
+__all__ = ["CudaOps", "TensorRTBackend", "device_pointer"]

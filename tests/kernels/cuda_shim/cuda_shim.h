@@ -35,6 +35,7 @@ inline thread_local dim3 tl_block_idx;
 inline dim3 g_block_dim;
 inline dim3 g_grid_dim;
 inline std::barrier<>* g_barrier = nullptr;
+inline std::vector<unsigned long long> g_shfl_slots;  // one exchange slot per thread of the running block
 }  // namespace cuda_shim
 
 #define threadIdx (::cuda_shim::tl_thread_idx)
@@ -43,6 +44,27 @@ inline std::barrier<>* g_barrier = nullptr;
 #define gridDim (::cuda_shim::g_grid_dim)
 
 inline void __syncthreads() { ::cuda_shim::g_barrier->arrive_and_wait(); }
+
+#define warpSize 32
+
+// Warp shuffle (xor butterfly) through a per-block exchange buffer between two block barriers: the WHOLE block must
+// call it the same number of times (uniform control flow), which dinofeat's kernels guarantee where they shuffle.
+// Warps are 32 consecutive linear thread ids; a source lane outside the block returns the caller's own value.
+template <class T>
+inline T __shfl_xor_sync(unsigned int /*mask*/, T v, int lane_mask) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  const unsigned int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned int n = blockDim.x * blockDim.y * blockDim.z;
+  unsigned long long bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  ::cuda_shim::g_shfl_slots[tid] = bits;
+  __syncthreads();
+  const unsigned int src = (tid & ~31u) | ((tid & 31u) ^ (static_cast<unsigned int>(lane_mask) & 31u));
+  T out = v;
+  if (src < n) std::memcpy(&out, &::cuda_shim::g_shfl_slots[src], sizeof(T));
+  __syncthreads();
+  return out;
+}
 
 template <class T>
 inline T shim_atomic_max(T* address, T val) {
@@ -74,6 +96,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   g_grid_dim = grid;
   std::barrier<> bar(static_cast<std::ptrdiff_t>(nthreads));
   g_barrier = &bar;
+  g_shfl_slots.assign(nthreads, 0ull);
   std::vector<std::thread> threads;
   threads.reserve(nthreads);
   for (unsigned int tid = 0; tid < nthreads; ++tid) {
