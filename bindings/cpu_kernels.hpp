@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "bb_binned_common.cuh"
+
 namespace dinofeat::cpu {
 
 // in: (batch, hp*wp, channels) float32 row-major; out: (batch, hp*wp, channels*(1+8*hierarchy)) float32;
@@ -22,6 +24,22 @@ void row_norms(const float* x, float* norms, int64_t rows, int64_t channels);
 // Values are s[r, j] * row_scale[r] * col_scale[j] when the scales are given (nullptr = 1). Ties -> lowest index.
 void bb_epilogue(const float* s, int64_t rows, int64_t cols, int64_t ld, int64_t row0, const float* row_scale,
                  const float* col_scale, float* row_val, int64_t* row_idx, float* col_val, int64_t* col_idx);
+
+// pooled (batch, hp*wp, channels) = AvgPool2d(3^level, 1, 3^level // 2, count_include_pad=False) of in, as log_bin.
+void box_average(const float* in, float* pooled, int64_t batch, int hp, int wp, int64_t channels, int level);
+
+// out[r] = ||maps[r]||^2 in double for (n_rows, channels) float32 maps.
+void squared_norms(const float* maps, double* out, int64_t n_rows, int64_t channels);
+
+// Binned Best Buddies (bb_binned.cpp): fold the output tile image-1 grid rows [a0, a1) x image-2 grid rows [b0, b1)
+// of S = binned1 . binned2^T * row_scale * col_scale (from the G tiles of `g`) into row_val/row_idx (T1, running
+// over tiles of image-2 rows visited in increasing order) and col_val/col_idx (T2, running over image-1 rows visited
+// in increasing order); strict '>' everywhere, so ties go to the lowest index. Init: -inf / -1.
+void bb_binned_fold(const BinnedGeom& g, int a0, int a1, int b0, int b1, const float* row_scale,
+                    const float* col_scale, float* row_val, int64_t* row_idx, float* col_val, int64_t* col_idx);
+
+// inv_norm[cell] = 1 / max(||binned row of cell||, 1e-8) from the level maps levels[k]: (h*w, channels) float32.
+void bb_binned_inv_norms(const float* const* levels, int levels_n, int h, int w, int64_t channels, float* inv_norm);
 
 int max_threads();
 

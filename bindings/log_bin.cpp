@@ -17,8 +17,6 @@
 
 namespace dinofeat::cpu {
 
-namespace {
-
 // pooled[b, y, x, :] = AvgPool(3^level, stride 1, count_include_pad=False) of in[b] (channels-last), one output
 // row at a time: vertical window sums into a per-thread row buffer, then horizontal window sums / valid count.
 void box_average(const float* in, float* pooled, int64_t batch, int hp, int wp, int64_t ch, int level) {
@@ -59,6 +57,8 @@ void box_average(const float* in, float* pooled, int64_t batch, int hp, int wp, 
   }
 }
 
+namespace {
+
 // Copy n floats; the output is written once and not read back soon, so use streaming (non-temporal) stores when
 // the destination is 16-byte aligned: no read-for-ownership of the large output, about half the memory traffic.
 inline void copy_row(float* dst, const float* src, int64_t n) {
@@ -79,6 +79,8 @@ inline void store_fence() {
 #endif
 }
 
+}  // namespace
+
 void squared_norms(const float* maps, double* out, int64_t n_rows, int64_t ch) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n_rows; ++r) {
@@ -89,8 +91,6 @@ void squared_norms(const float* maps, double* out, int64_t n_rows, int64_t ch) {
     out[r] = s;
   }
 }
-
-}  // namespace
 
 void log_bin(const float* in, float* out, float* norm, float* workspace, int64_t batch, int hp, int wp, int64_t ch,
              int hierarchy) {

@@ -3,10 +3,12 @@
 // (dtype, C-contiguity, shapes) and raise ValueError when it is broken.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cpu_kernels.hpp"
 
@@ -31,17 +33,22 @@ py::array_t<T, py::array::c_style> exact(const py::handle& obj, const char* name
   return a;
 }
 
-py::tuple log_bin(const py::handle& x_obj, int hp, int wp, int hierarchy, bool want_norm) {
+py::tuple log_bin(const py::handle& x_obj, int hp, int wp, int hierarchy, bool want_norm, const py::handle& out_obj,
+                  const py::handle& work_obj) {
   auto x = exact<float>(x_obj, "x", 3);
   const int64_t b = x.shape(0), t = x.shape(1), c = x.shape(2);
   if (hp < 0 || wp < 0 || static_cast<int64_t>(hp) * wp != t) throw py::value_error("log_bin: hp * wp != T");
   if (hierarchy < 1 || hierarchy > 16) throw py::value_error("log_bin: hierarchy must be in 1..16");
   const int64_t nb = 1 + 8 * hierarchy;
-  F32 out({b, t, nb * c});
+  // out / work: the caller's buffers when given (reused: no first-touch page faults), else numpy allocations
+  // (numpy asks for huge pages on big buffers: fewer page faults)
+  F32 out = out_obj.is_none() ? F32({b, t, nb * c}) : exact<float>(out_obj, "out", 3);
+  if (out.shape(0) != b || out.shape(1) != t || out.shape(2) != nb * c) throw py::value_error("log_bin: out shape");
   std::optional<F32> norm;
   if (want_norm) norm.emplace(std::vector<py::ssize_t>{b, t});
-  // box-averaged maps, allocated by numpy (which asks for huge pages on big buffers: fewer page faults)
-  F32 work({std::max<int64_t>((hierarchy - 1) * b * t * c, 1)});
+  const int64_t n_work = std::max<int64_t>((hierarchy - 1) * b * t * c, 1);
+  F32 work = work_obj.is_none() ? F32({n_work}) : exact<float>(work_obj, "workspace", 1);
+  if (work.shape(0) < n_work) throw py::value_error("log_bin: workspace too small");
   const float* xp = x.data();
   float* op = out.mutable_data();
   float* np_ = norm ? norm->mutable_data() : nullptr;
@@ -98,16 +105,109 @@ void bb_epilogue(const py::handle& s_obj, int64_t row0, const py::handle& rs_obj
   dinofeat::cpu::bb_epilogue(sp, rows, cols, cols, row0, rs, cs, rvp, rip, cvp, cip);
 }
 
+// ---- binned Best Buddies (issue 10)
+
+F32 box_average(const py::handle& x_obj, int hp, int wp, int level) {
+  auto x = exact<float>(x_obj, "x", 3);
+  const int64_t b = x.shape(0), t = x.shape(1), c = x.shape(2);
+  if (hp < 0 || wp < 0 || static_cast<int64_t>(hp) * wp != t) throw py::value_error("box_average: hp * wp != T");
+  if (level < 1 || level > 8) throw py::value_error("box_average: level must be in 1..8");
+  F32 out({b, t, c});
+  const float* xp = x.data();
+  float* op = out.mutable_data();
+  py::gil_scoped_release nogil;
+  if (b * t * c) dinofeat::cpu::box_average(xp, op, b, hp, wp, c, level);
+  return out;
+}
+
+F32 bb_binned_inv_norms(const py::list& levels_obj, int hp, int wp) {
+  const int n = static_cast<int>(levels_obj.size());
+  if (n < 1 || n > DF_BBB_MAX_LEVELS) throw py::value_error("bb_binned_inv_norms: 1..DF_BBB_MAX_LEVELS level maps");
+  std::vector<F32> keep;
+  std::vector<const float*> ptrs;
+  int64_t ch = -1;
+  for (int k = 0; k < n; ++k) {
+    keep.push_back(exact<float>(levels_obj[k], "levels[k]", 2));
+    if (keep.back().shape(0) != static_cast<int64_t>(hp) * wp) throw py::value_error("bb_binned_inv_norms: rows != hp*wp");
+    if (ch >= 0 && keep.back().shape(1) != ch) throw py::value_error("bb_binned_inv_norms: channel mismatch");
+    ch = keep.back().shape(1);
+    ptrs.push_back(keep.back().data());
+  }
+  F32 out({static_cast<int64_t>(hp) * wp});
+  float* op = out.mutable_data();
+  py::gil_scoped_release nogil;
+  dinofeat::cpu::bb_binned_inv_norms(ptrs.data(), n, hp, wp, ch, op);
+  return out;
+}
+
+void bb_binned_fold(const py::list& tiles_obj, const std::vector<int>& r_lo, const std::vector<int>& c_lo, int h1,
+                    int w1, int h2, int w2, int a0, int a1, int b0, int b1, const py::handle& rs_obj,
+                    const py::handle& cs_obj, const py::handle& rv_obj, const py::handle& ri_obj,
+                    const py::handle& cv_obj, const py::handle& ci_obj) {
+  const int n = static_cast<int>(tiles_obj.size());
+  if (n < 1 || n > DF_BBB_MAX_LEVELS || static_cast<int>(r_lo.size()) != n || static_cast<int>(c_lo.size()) != n)
+    throw py::value_error("bb_binned_fold: 1..DF_BBB_MAX_LEVELS tiles with one r_lo and c_lo each");
+  if (h1 < 1 || w1 < 1 || h2 < 1 || w2 < 1 || a0 < 0 || a1 > h1 || a0 > a1 || b0 < 0 || b1 > h2 || b0 > b1)
+    throw py::value_error("bb_binned_fold: output tile outside the grids");
+  dinofeat::BinnedGeom g{};
+  g.h1 = h1;
+  g.w1 = w1;
+  g.h2 = h2;
+  g.w2 = w2;
+  g.levels = n;
+  std::vector<F32> keep;
+  for (int k = 0; k < n; ++k) {
+    keep.push_back(exact<float>(tiles_obj[k], "tiles[k]", 2));
+    const auto& t = keep.back();
+    // the tile must hold every cell the output tile reads (memory safety of the fold)
+    const int64_t need_rows = static_cast<int64_t>(dinofeat::binned_halo_hi(a1, k, h1) - r_lo[k]) * w1;
+    const int64_t need_cols = static_cast<int64_t>(dinofeat::binned_halo_hi(b1, k, h2) - c_lo[k]) * w2;
+    if (a1 > a0 && b1 > b0 &&
+        (r_lo[k] < 0 || c_lo[k] < 0 || r_lo[k] > dinofeat::binned_halo_lo(a0, k) ||
+         c_lo[k] > dinofeat::binned_halo_lo(b0, k) || t.shape(0) < need_rows || t.shape(1) < need_cols))
+      throw py::value_error("bb_binned_fold: G tile of level " + std::to_string(k) + " does not cover the output tile");
+    g.r_lo[k] = r_lo[k];
+    g.c_lo[k] = c_lo[k];
+    g.ld[k] = t.shape(1);
+    g.g[k] = t.data();
+  }
+  auto rs = exact<float>(rs_obj, "row_scale", 1);
+  auto cs = exact<float>(cs_obj, "col_scale", 1);
+  auto rv = exact<float>(rv_obj, "row_val", 1);
+  auto ri = exact<int64_t>(ri_obj, "row_idx", 1);
+  auto cv = exact<float>(cv_obj, "col_val", 1);
+  auto ci = exact<int64_t>(ci_obj, "col_idx", 1);
+  const int64_t t1 = static_cast<int64_t>(h1) * w1, t2 = static_cast<int64_t>(h2) * w2;
+  if (rs.shape(0) != t1 || rv.shape(0) != t1 || ri.shape(0) != t1) throw py::value_error("bb_binned_fold: row arrays need T1");
+  if (cs.shape(0) != t2 || cv.shape(0) != t2 || ci.shape(0) != t2) throw py::value_error("bb_binned_fold: col arrays need T2");
+  const float* rsp = rs.data();
+  const float* csp = cs.data();
+  float* rvp = rv.mutable_data();
+  int64_t* rip = ri.mutable_data();
+  float* cvp = cv.mutable_data();
+  int64_t* cip = ci.mutable_data();
+  py::gil_scoped_release nogil;
+  dinofeat::cpu::bb_binned_fold(g, a0, a1, b0, b1, rsp, csp, rvp, rip, cvp, cip);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "dinofeat CPU kernels (private; use dinofeat.kernels)";
   m.def("log_bin", &log_bin, py::arg("x"), py::arg("hp"), py::arg("wp"), py::arg("hierarchy"),
-        py::arg("want_norm"),
+        py::arg("want_norm"), py::arg("out") = py::none(), py::arg("workspace") = py::none(),
         "x (B, T, C) float32 -> (out (B, T, C*(1+8h)) float32, norm (B, T) float32 or None)");
   m.def("row_norms", &row_norms, py::arg("x"), "x (T, C) float32 -> max(||x_r||, 1e-8) (T,) float32");
   m.def("bb_epilogue", &bb_epilogue, py::arg("s"), py::arg("row0"), py::arg("row_scale"), py::arg("col_scale"),
         py::arg("row_val"), py::arg("row_idx"), py::arg("col_val"), py::arg("col_idx"),
         "Fold one chunk s (rows, T2) of S (global rows row0..) into row results and running column maxima");
+  m.def("box_average", &box_average, py::arg("x"), py::arg("hp"), py::arg("wp"), py::arg("level"),
+        "x (B, T, C) float32 -> the 3^level box average (valid-count normalised) of each map, as log_bin's levels");
+  m.def("bb_binned_inv_norms", &bb_binned_inv_norms, py::arg("levels"), py::arg("hp"), py::arg("wp"),
+        "level maps [(T, C) float32] -> 1 / max(||binned row||, 1e-8) (T,) float32");
+  m.def("bb_binned_fold", &bb_binned_fold, py::arg("tiles"), py::arg("r_lo"), py::arg("c_lo"), py::arg("h1"),
+        py::arg("w1"), py::arg("h2"), py::arg("w2"), py::arg("a0"), py::arg("a1"), py::arg("b0"), py::arg("b1"),
+        py::arg("row_scale"), py::arg("col_scale"), py::arg("row_val"), py::arg("row_idx"), py::arg("col_val"),
+        py::arg("col_idx"), "Fold one output tile of binned S from shifted Gram tiles into running maxima");
   m.def("max_threads", &dinofeat::cpu::max_threads, "OpenMP threads the kernels use");
 }

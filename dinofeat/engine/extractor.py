@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,18 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+def _unshared(t: torch.Tensor, own_refs: int) -> bool:
+    """True when nobody but the caller holds ``t`` (``own_refs`` Python references: the caller's) nor its storage
+    (no view, tensor or numpy array of it). Without the (private) storage use-count hook of this torch build,
+    False: a new buffer every time, never an overwrite."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return False
+    # +1: getrefcount's own argument; +1: this function's parameter. Storage: t's own + the temporary
+    # storage object made by the measurement.
+    return sys.getrefcount(t) <= own_refs + 2 and count(t.untyped_storage()._cdata) <= 2
+
+
 class Extractor:
     """Dense descriptors from a strided DINO-family ViT.
 
@@ -85,6 +98,7 @@ class Extractor:
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
+        self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
 
     @property
     def model_name(self) -> str:
@@ -114,7 +128,6 @@ class Extractor:
         Args:
             batch: (B, 3, H, W) float32, as `preprocess` returns (concatenate same-size images for B > 1).
         """
-        from .. import kernels
 
         batch = self._check_batch(batch)
         layers = check_request(self.spec, layer, facet)
@@ -125,10 +138,24 @@ class Extractor:
         per_layer = {}
         for lyr in dict.fromkeys(layers):
             desc = outputs[output_name(lyr, facet)]
-            per_layer[lyr] = kernels.log_bin(desc, grid, hierarchy=hierarchy) if bin else desc
+            per_layer[lyr] = self._log_bin(desc, grid, hierarchy, len(per_layer)) if bin else desc
         descriptors = torch.cat([per_layer[lyr] for lyr in layers], dim=-1) if len(layers) > 1 else per_layer[layers[0]]
         return Features(descriptors=descriptors, saliency=outputs.get("saliency"), num_patches=grid,
                         load_size=(height, width), per_layer=per_layer)
+
+    def _log_bin(self, desc: torch.Tensor, grid, hierarchy: int, slot: int) -> torch.Tensor:
+        """log_bin into a buffer kept per (slot, shape, dtype, device), reused when nothing else holds it any more
+        (the previous result was dropped): the first-touch page faults of a new 100+ MB array leave the hot path."""
+        from .. import kernels
+
+        shape = (*desc.shape[:-1], desc.shape[-1] * (1 + 8 * hierarchy))
+        key = (slot, shape, desc.dtype, desc.device)
+        buf = self._bin_buffers.get(key)
+        if buf is None or not _unshared(buf, own_refs=2):  # the dict's reference and `buf`
+            buf = torch.empty(shape, dtype=desc.dtype, device=desc.device)
+            self._bin_buffers = {k: v for k, v in self._bin_buffers.items() if k[0] != slot}  # one per slot
+            self._bin_buffers[key] = buf
+        return kernels.log_bin(desc, grid, hierarchy=hierarchy, out=buf)
 
     def _check_batch(self, batch) -> torch.Tensor:
         if not isinstance(batch, torch.Tensor):

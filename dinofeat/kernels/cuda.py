@@ -32,7 +32,7 @@ from ..errors import BackendUnavailableError
 from . import _arrays as A
 
 KERNEL_DIR = Path(__file__).resolve().parent
-SOURCES = ("log_bin.cu", "best_buddies.cu")
+SOURCES = ("log_bin.cu", "best_buddies.cu", "bb_binned.cu")
 OPTIONS = ("-std=c++17",)
 
 # dtype name -> C++ type in the kernels; cupy storage dtype (bfloat16 is carried as uint16 bits)
@@ -73,6 +73,8 @@ def name_expressions() -> list[str]:
     names += [f"dinofeat::bb_row_norm<{t}>" for t in types]
     names += [f"dinofeat::bb_normalize<{ti}, {to}>" for ti in types for to in types]
     names += ["dinofeat::bb_epilogue", "dinofeat::bb_unpack_keys", "dinofeat::bb_mutual"]
+    names += [f"dinofeat::bbb_box_average<{t}>" for t in types]
+    names += ["dinofeat::bbb_cell_sqnorm", "dinofeat::bbb_inv_norm", "dinofeat::bbb_fused"]
     return names
 
 
@@ -383,6 +385,111 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
                 col_keys,
             ),
         )
+    return keys_to_best_buddies(row_keys, col_keys)
+
+
+# --------------------------------------------------------------------------- best_buddies_binned
+
+BBB_THREADS = 256  # power of two <= DF_BBB_MAX_THREADS
+BBB_TILE_ROWS = 32  # == DF_BBB_TILE_ROWS
+BBB_MAX_LEVELS = 4  # == DF_BBB_MAX_LEVELS
+BBB_TILE_BYTES = 256 << 20  # Gram tiles of all levels together per step (image 1 is stepped in grid rows)
+
+
+def binned_geom_words(grid1, grid2, hierarchy: int, r_lo, c_lo, ld) -> np.ndarray:
+    """The int64 geometry words of ``bbb_fused`` (layout of ``binned_geom_from_words``)."""
+    m = BBB_MAX_LEVELS
+    pad = [0] * (m - hierarchy)
+    return np.array([*grid1, *grid2, hierarchy, *r_lo, *pad, *c_lo, *pad, *ld, *pad], dtype=np.int64)
+
+
+def binned_step_rows(grid1, t2: int, hierarchy: int, budget: int = BBB_TILE_BYTES) -> int:
+    """Image-1 grid rows per step so that the level tiles (step + 2 * 3^k rows, all of image 2) fit ``budget``."""
+    h1, w1 = grid1
+    halos = [3**k for k in range(hierarchy)]
+    step = h1
+    while step > 1 and sum(4 * min(step + 2 * s, h1) * w1 * t2 for s in halos) > budget:
+        step -= 1
+    return step
+
+
+def best_buddies_binned_any(keys1, grid1, keys2, grid2, origin: A.Origin, hierarchy: int, precision: str):
+    """best_buddies_binned on the GPU for validated (T1, C), (T2, C) arrays of any kind (T1, T2 > 0)."""
+    with _Device(keys1, origin) as dev:
+        x1, n1 = dev.to_cupy(keys1, A.dtype_name(keys1))
+        x2, n2 = dev.to_cupy(keys2, A.dtype_name(keys2))
+        res = best_buddies_binned_cupy(x1, n1, grid1, x2, n2, grid2, hierarchy, precision)
+        return tuple(dev.back(r) for r in res)
+
+
+def binned_levels_cupy(x, in_name: str, grid, hierarchy: int) -> list:
+    """Level maps [box_1^0(x), box_3(x), ...] of a (T, C) cupy array, each (T, C) float32."""
+    cp = _cupy()
+    t, c = (int(v) for v in x.shape)
+    out = []
+    for k in range(hierarchy):
+        m = cp.empty((t, c), dtype=cp.float32)
+        kernel(f"dinofeat::bbb_box_average<{CXX_TYPES[in_name]}>")(
+            (_grid(t * c, 256),), (256,), (x, m, np.int32(grid[0]), np.int32(grid[1]), np.int32(c), np.int32(k))
+        )
+        out.append(m)
+    return out
+
+
+def binned_inv_norms_cupy(levels: list, grid) -> object:
+    """(T,) float32 ``1 / max(||binned row||, 1e-8)`` from the level maps."""
+    cp = _cupy()
+    t, c = (int(v) for v in levels[0].shape)
+    sq = cp.empty((len(levels), t), dtype=cp.float64)
+    for k, m in enumerate(levels):
+        kernel("dinofeat::bbb_cell_sqnorm")((_grid(t, 128),), (128,), (m, sq[k], np.int64(t), np.int32(c)))
+    inv = cp.empty((t,), dtype=cp.float32)
+    kernel("dinofeat::bbb_inv_norm")(
+        (_grid(t, 128),), (128,), (sq, inv, np.int32(grid[0]), np.int32(grid[1]), np.int32(len(levels)))
+    )
+    return inv
+
+
+def best_buddies_binned_cupy(x1, name1: str, grid1, x2, name2: str, grid2, hierarchy: int, precision: str,
+                             budget: int = BBB_TILE_BYTES):
+    """Binned Best Buddies on CuPy's current stream: image 1 in steps of grid rows (tiles with their halo rows,
+    recomputed), all of image 2 per tile; returns (nn_1, sim_1, nn_2, sim_2, mask) cupy arrays."""
+    cp = _cupy()
+    (h1, w1), (h2, w2) = (int(v) for v in grid1), (int(v) for v in grid2)
+    t1, t2 = h1 * w1, h2 * w2
+    l1 = binned_levels_cupy(x1, name1, grid1, hierarchy)
+    l2 = binned_levels_cupy(x2, name2, grid2, hierarchy)
+    inv1, inv2 = binned_inv_norms_cupy(l1, grid1), binned_inv_norms_cupy(l2, grid2)
+    gemm_name = GEMM_DTYPE[precision]
+    if gemm_name != "float32":
+        l1 = [_normalized_copy(m, gemm_name) for m in l1]
+        l2 = [_normalized_copy(m, gemm_name) for m in l2]
+    step = binned_step_rows((h1, w1), t2, hierarchy, budget)
+    halos = [3**k for k in range(hierarchy)]
+    bufs = [cp.empty((min(step + 2 * s, h1) * w1, t2), dtype=cp.float32) for s in halos]
+    row_keys = cp.zeros((t1,), dtype=cp.uint64)
+    col_keys = cp.zeros((t2,), dtype=cp.uint64)
+    fused = kernel("dinofeat::bbb_fused")
+    for a0 in range(0, h1, step):
+        a1 = min(a0 + step, h1)
+        r_lo, tiles = [], []
+        for k, s in enumerate(halos):
+            lo, hi = max(a0 - s, 0), min(a1 + s, h1)
+            tiles.append(_gemm_nt(l1[k][lo * w1 : hi * w1], l2[k], bufs[k][: (hi - lo) * w1], gemm_name))
+            r_lo.append(lo)
+        geom = cp.asarray(binned_geom_words((h1, w1), (h2, w2), hierarchy, r_lo, [0] * hierarchy, [t2] * hierarchy))
+        ptrs = tiles + [tiles[0]] * (BBB_MAX_LEVELS - hierarchy)
+        nrows = (a1 - a0) * w1
+        grid = ((t2 + BBB_THREADS - 1) // BBB_THREADS, (nrows + BBB_TILE_ROWS - 1) // BBB_TILE_ROWS)
+        fused(grid, (BBB_THREADS,), (geom, *ptrs, np.int32(a0), np.int32(a1), np.int32(0), np.int32(h2), inv1, inv2,
+                                     row_keys, col_keys))
+    return keys_to_best_buddies(row_keys, col_keys)
+
+
+def keys_to_best_buddies(row_keys, col_keys):
+    """Packed (value, index) keys of rows (T1,) and columns (T2,) -> (nn_1, sim_1, nn_2, sim_2, mask) cupy arrays."""
+    cp = _cupy()
+    t1, t2 = int(row_keys.shape[0]), int(col_keys.shape[0])
     nn_1 = cp.empty((t1,), dtype=cp.int64)
     sim_1 = cp.empty((t1,), dtype=cp.float32)
     nn_2 = cp.empty((t2,), dtype=cp.int64)
@@ -393,3 +500,15 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
     mask = cp.empty((t1,), dtype=cp.bool_)
     kernel("dinofeat::bb_mutual")((_grid(t1, 256),), (256,), (nn_1, nn_2, np.int64(t1), mask))
     return nn_1, sim_1, nn_2, sim_2, mask
+
+
+def _normalized_copy(m, gemm_name: str):
+    """m (T, C) float32 rounded to the GEMM type (bb_normalize with unit norms: a plain cast)."""
+    cp = _cupy()
+    rows, c = (int(v) for v in m.shape)
+    ones = cp.ones((rows,), dtype=cp.float32)
+    out = cp.empty((rows, c), dtype=STORAGE[gemm_name])
+    kernel(f"dinofeat::bb_normalize<float, {CXX_TYPES[gemm_name]}>")(
+        (_grid(rows * c, 256),), (256,), (m, ones, out, np.int64(rows), np.int32(c))
+    )
+    return out

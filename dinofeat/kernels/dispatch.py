@@ -138,7 +138,8 @@ def _contiguous(x, origin: A.Origin):
 
 
 def log_bin(
-    desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_norm: bool = False, impl: str = "auto"
+    desc, num_patches, hierarchy: int = 2, *, out_dtype=None, return_norm: bool = False, impl: str = "auto",
+    out=None,
 ):
     """Log-binned dense descriptors (the original ``_log_bin``), for a batch of token maps.
 
@@ -154,10 +155,14 @@ def log_bin(
         out_dtype: float32, float16 or bfloat16 (torch only); default: the input dtype (float64 -> float32).
         return_norm: also return the L2 norm of every output row, float32 (computed in float32 before the cast).
         impl: "auto" | "reference" | "cpu" | "cuda" (see module docstring).
+        out: optional C-contiguous buffer of the result's shape, dtype, kind and device, written and returned
+            (reusing one keeps the first-touch page faults of a new 100+ MB array off the hot path; the C++
+            path writes into it directly, the others copy).
 
     Returns:
         (B, T, C * (1 + 8 h)) (or (T, C * (1 + 8 h)) for 2-D input), index ``bin * C + c``, same array kind and
-        device as ``desc``; with ``return_norm`` a tuple ``(binned, norm)`` with norm (B, T) (or (T,)).
+        device as ``desc`` (``out`` when given); with ``return_norm`` a tuple ``(binned, norm)`` with norm (B, T)
+        (or (T,)).
 
     Raises:
         InputError: wrong type, ndim, dtype, ``Hp * Wp != T``, bad hierarchy/out_dtype/impl, NaN or Inf.
@@ -183,6 +188,13 @@ def log_bin(
     if not origin.on_gpu:  # device inputs: no host sync (see the module docstring)
         A.check_finite("desc", desc)
     desc = _contiguous(desc, origin)
+    user_out = out
+    if out is not None:
+        expect = (t, c * (1 + 8 * hierarchy)) if squeeze else (b, t, c * (1 + 8 * hierarchy))
+        _check_out(out, origin, expect, out_name)
+        if squeeze:
+            out = out[None]
+    direct = out is not None and impl == "cpu" and out_name == "float32" and b * t * c > 0 and not origin.on_gpu
 
     if b * t * c == 0:
         impl = "reference"  # typed empty result, any kind
@@ -193,24 +205,57 @@ def log_bin(
         res = reference.log_bin(
             x, (hp, wp), hierarchy, out_dtype=A.torch_dtype(out_name), return_norm=return_norm
         )
-        out, norm = res if return_norm else (res, None)
-        out = A.from_torch(out, origin)
+        res, norm = res if return_norm else (res, None)
+        out = _into(out, A.from_torch(res, origin), origin)
         norm = A.from_torch(norm, origin) if return_norm else None
     elif impl == "cpu":
         from . import cpu
 
-        out, norm = cpu.log_bin(A.to_numpy_f32(desc, origin), (hp, wp), hierarchy, return_norm=return_norm)
-        out = _cast_host(out, out_name, origin)
-        out = A.from_numpy(out, origin) if not isinstance(out, torch.Tensor) else _place(out, origin)
+        target = (out.numpy() if origin.kind == "torch" else out) if direct else None
+        res, norm = cpu.log_bin(A.to_numpy_f32(desc, origin), (hp, wp), hierarchy, return_norm=return_norm,
+                                out=target)
+        if not direct:
+            res = _cast_host(res, out_name, origin)
+            res = A.from_numpy(res, origin) if not isinstance(res, torch.Tensor) else _place(res, origin)
+            out = _into(out, res, origin)
         norm = A.from_numpy(norm, origin) if norm is not None else None
     else:
         from . import cuda
 
-        out, norm = cuda.log_bin_any(desc, origin, in_name, (hp, wp), hierarchy, out_name, return_norm)
+        res, norm = cuda.log_bin_any(desc, origin, in_name, (hp, wp), hierarchy, out_name, return_norm)
+        out = _into(out, res, origin)
     if squeeze:
-        out = out[0]
+        out = out[0] if user_out is None else user_out
         norm = norm[0] if norm is not None else None
     return (out, norm) if return_norm else out
+
+
+def _check_out(out, origin: A.Origin, shape: tuple, out_name: str) -> None:
+    """``out`` must be the result's kind, device, dtype and shape, C-contiguous."""
+    kind = A.array_kind(out)
+    dev = out.device if kind == "torch" else None
+    if kind != origin.kind or (kind == "torch" and dev != origin.device):
+        raise InputError(f"out must be a {origin.kind} array on the input's device, got {type(out).__name__}"
+                         + (f" on {dev}" if dev is not None else ""))
+    if tuple(out.shape) != tuple(shape) or A.dtype_name(out) != out_name:
+        raise InputError(f"out must have shape {tuple(shape)} and dtype {out_name}, got shape {tuple(out.shape)} "
+                         f"and dtype {A.dtype_name(out)}")
+    contiguous = out.is_contiguous() if kind == "torch" else out.flags.c_contiguous
+    if not contiguous:
+        raise InputError("out must be C-contiguous, got a strided view; pass a buffer made with empty(...)")
+
+
+def _into(out, res, origin: A.Origin):
+    """Copy res into the caller's out buffer (if any) and return what log_bin hands back."""
+    if out is None:
+        return res
+    if origin.kind == "torch":
+        out.copy_(res)
+    elif origin.kind == "numpy":
+        np.copyto(out, res)
+    else:
+        out[...] = res
+    return out
 
 
 def _cast_host(out: np.ndarray, out_name: str, origin: A.Origin):
@@ -253,24 +298,8 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
             ``result.check()``), bad precision/chunk.
         BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
     """
-    o1 = A.origin_of("desc1", desc1)
-    o2 = A.origin_of("desc2", desc2)
-    if (o1.kind, o1.device) != (o2.kind, o2.device):
-        where1 = o1.device if o1.kind == "torch" else o1.kind
-        where2 = o2.device if o2.kind == "torch" else o2.kind
-        raise InputError(
-            f"desc1 and desc2 must be the same array kind on the same device, got {o1.kind} on {where1} and "
-            f"{o2.kind} on {where2}"
-        )
-    A.check_ndim("desc1", desc1, (2,), "(T1, C)")
-    A.check_ndim("desc2", desc2, (2,), "(T2, C)")
-    A.check_float("desc1", desc1)
-    A.check_float("desc2", desc2)
-    if desc1.shape[1] != desc2.shape[1]:
-        raise InputError(
-            f"desc1 and desc2 must have the same channel count C, got desc1 {tuple(desc1.shape)} (C = "
-            f"{desc1.shape[1]}) and desc2 {tuple(desc2.shape)} (C = {desc2.shape[1]})"
-        )
+    o1 = _check_pair("desc1", desc1, "desc2", desc2)
+    o2 = o1
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if chunk is not None:
@@ -301,4 +330,141 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
     return _with_pending(cuda.best_buddies_any(desc1, desc2, o1, precision, chunk), pending)
 
 
-__all__ = ["BestBuddies", "BackendUnavailableError", "best_buddies", "log_bin", "native_available"]
+
+# ------------------------------------------------------------------------------ best_buddies_binned
+
+BINNED_MAX_HIERARCHY = 4  # DF_BBB_MAX_LEVELS of bb_binned_common.cuh
+
+
+def _check_pair(name1: str, x1, name2: str, x2):
+    o1 = A.origin_of(name1, x1)
+    o2 = A.origin_of(name2, x2)
+    if (o1.kind, o1.device) != (o2.kind, o2.device):
+        where1 = o1.device if o1.kind == "torch" else o1.kind
+        where2 = o2.device if o2.kind == "torch" else o2.kind
+        raise InputError(
+            f"{name1} and {name2} must be the same array kind on the same device, got {o1.kind} on {where1} and "
+            f"{o2.kind} on {where2}"
+        )
+    A.check_ndim(name1, x1, (2,), "(T1, C)")
+    A.check_ndim(name2, x2, (2,), "(T2, C)")
+    A.check_float(name1, x1)
+    A.check_float(name2, x2)
+    if x1.shape[1] != x2.shape[1]:
+        raise InputError(
+            f"{name1} and {name2} must have the same channel count C, got {name1} {tuple(x1.shape)} (C = "
+            f"{x1.shape[1]}) and {name2} {tuple(x2.shape)} (C = {x2.shape[1]})"
+        )
+    return o1
+
+
+def _check_binned_hierarchy(hierarchy) -> int:
+    if (
+        isinstance(hierarchy, bool)
+        or not isinstance(hierarchy, (int, np.integer))
+        or not 1 <= int(hierarchy) <= BINNED_MAX_HIERARCHY
+    ):
+        raise InputError(f"hierarchy must be an integer in 1..{BINNED_MAX_HIERARCHY}, got {hierarchy!r}")
+    return int(hierarchy)
+
+
+def best_buddies_binned(
+    keys1, num_patches1, keys2, num_patches2, *, hierarchy: int = 2, precision: str = "fp32", impl: str = "auto"
+):
+    """Best Buddies of the log-binned descriptors, without materialising the binned rows nor S.
+
+    The same result as ``best_buddies(log_bin(keys1, num_patches1, hierarchy), log_bin(keys2, num_patches2,
+    hierarchy))`` (exact arithmetic, summed in another order: only near-ties within float rounding can differ),
+    from h Gram matrices of the level maps (raw keys, 3x3 averages, ...) read at the bins' shifted, clamped cells:
+    ``binned1[i] . binned2[j] = sum_b G_l(b)[clamp1(i + o_b), clamp2(j + o_b)]``, ``G_l = L1_l @ L2_l.T``, with
+    K = C instead of K = (1 + 8 h) C. The fast paths tile it: Gram tiles with their halo, the shifted adds and the
+    max/argmax fused per tile (extra memory: the tiles, ~4 MiB on the CPU).
+
+    Args:
+        keys1: (T1, C) unbinned descriptors of image 1, tokens row-major over ``num_patches1 = (Hp1, Wp1)``;
+            numpy, torch (CPU/CUDA) or CuPy; float32/float16/bfloat16/float64 (computed in float32).
+        keys2: (T2, C) of image 2 on ``num_patches2``, same kind and device.
+        hierarchy: log-bin levels h in 1..4 (2: the original's 17 bins).
+        precision: "fp32" (default); "fp16"/"bf16" round the level maps to that type before the Gram GEMMs.
+        impl: "auto" | "reference" | "cpu" | "cuda".
+
+    Returns:
+        :class:`BestBuddies` ``(nn_1 (T1,) int64, sim_1 (T1,) float32, nn_2 (T2,) int64, sim_2 (T2,) float32,
+        mask (T1,) bool)``, same kind and device as the inputs; ties go to the lowest index; empty inputs as
+        :func:`best_buddies`.
+
+    Raises:
+        InputError: wrong type/ndim/dtype, kinds or devices differ, C mismatch, bad num_patches/hierarchy/precision,
+            NaN/Inf.
+        BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
+    """
+    o1 = _check_pair("keys1", keys1, "keys2", keys2)
+    grid1 = _check_num_patches(num_patches1, int(keys1.shape[0]), keys1.shape)
+    grid2 = _check_num_patches(num_patches2, int(keys2.shape[0]), keys2.shape)
+    hierarchy = _check_binned_hierarchy(hierarchy)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    impl = _resolve_impl(impl, o1)
+    A.check_finite("keys1", keys1)
+    A.check_finite("keys2", keys2)
+    keys1 = _contiguous(keys1, o1)
+    keys2 = _contiguous(keys2, o1)
+    t1, t2 = int(keys1.shape[0]), int(keys2.shape[0])
+    if t1 == 0 or t2 == 0:
+        x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
+        return BestBuddies(*(A.from_torch(r, o1) for r in reference.best_buddies(x1, x2)))
+    if impl == "reference":
+        x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
+        res = reference.best_buddies_binned(x1, grid1, x2, grid2, hierarchy=hierarchy, precision=precision)
+        return BestBuddies(*(A.from_torch(r, o1) for r in res))
+    if impl == "cpu":
+        from . import cpu
+
+        res = cpu.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
+                                      hierarchy=hierarchy, precision=precision)
+        return BestBuddies(*(A.from_numpy(r, o1) for r in res))
+    from . import cuda
+
+    return BestBuddies(*cuda.best_buddies_binned_any(keys1, grid1, keys2, grid2, o1, hierarchy, precision))
+
+
+def log_bin_rows(desc, num_patches, indices, hierarchy: int = 2, *, impl: str = "auto"):
+    """Log-binned rows of only the tokens ``indices`` (the rows ``log_bin(desc, num_patches)[indices]``).
+
+    Args:
+        desc: (T, C) descriptors on the (Hp, Wp) grid ``num_patches``; numpy, torch or CuPy; float dtypes.
+        indices: (N,) integer token indices in 0..T-1 (any array kind, or a list).
+        hierarchy: log-bin levels h >= 1.
+        impl: "auto" | "reference" | "cpu" | "cuda": whose box average makes the level maps ("cuda" uses the
+            reference's on the GPU); the rows are gathered with torch.
+
+    Returns:
+        (N, C * (1 + 8 h)) float32, same kind and device as ``desc``.
+    """
+    origin = A.origin_of("desc", desc)
+    A.check_ndim("desc", desc, (2,), "(T, C)")
+    A.check_float("desc", desc)
+    grid = _check_num_patches(num_patches, int(desc.shape[0]), desc.shape)
+    if isinstance(hierarchy, bool) or not isinstance(hierarchy, (int, np.integer)) or not 1 <= hierarchy <= MAX_HIERARCHY:
+        raise InputError(f"hierarchy must be an integer in 1..{MAX_HIERARCHY}, got {hierarchy!r}")
+    impl = _resolve_impl(impl, origin)
+    x = A.to_torch(_contiguous(desc, origin), origin)
+    try:
+        idx = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices),
+                              device=x.device).long().reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"indices must be an integer array of token indices, got {type(indices).__name__}") from None
+    t = int(desc.shape[0])
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t):
+        raise InputError(f"indices must be in 0..{t - 1} (T = {t}), got values in {int(idx.min())}..{int(idx.max())}")
+    if impl == "cpu" and t:
+        from . import cpu
+
+        levels = [torch.from_numpy(m) for m in cpu.binned_levels(A.to_numpy_f32(desc, origin), grid, int(hierarchy))]
+        levels = [m.to(x.device) for m in levels]
+    else:
+        levels = reference.level_maps(x, grid, int(hierarchy))
+    return A.from_torch(reference.gather_binned_rows(levels, grid, idx, int(hierarchy)), origin)
+
+__all__ = ["BestBuddies", "BackendUnavailableError", "best_buddies", "best_buddies_binned", "log_bin",
+           "log_bin_rows", "native_available"]

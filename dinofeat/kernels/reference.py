@@ -159,3 +159,84 @@ def best_buddies(
         nn_2 = torch.where(upd, carg + i0, nn_2)
     mask = nn_2[nn_1] == torch.arange(t1, device=dev)
     return nn_1, sim_1, nn_2, sim_2, mask
+
+
+# ------------------------------------------------------------------ binned Best Buddies (shifted Gram matrices)
+
+
+def shifted_cells(num_patches: tuple[int, int], hierarchy: int, device=None) -> list[tuple[int, torch.Tensor]]:
+    """For every bin in output order, ``(level, cells)``: cells (T,) int64 is the clamped cell ``t + o_b`` that
+    bin b of token t reads (SEMANTICS.md §4)."""
+    hp, wp = int(num_patches[0]), int(num_patches[1])
+    ys = torch.arange(hp, device=device)
+    xs = torch.arange(wp, device=device)
+    out = []
+    for k, dy, dx in bin_offsets(hierarchy):
+        yi = (ys + dy).clamp(0, max(hp - 1, 0))
+        xi = (xs + dx).clamp(0, max(wp - 1, 0))
+        out.append((k, (yi[:, None] * wp + xi[None, :]).reshape(-1)))
+    return out
+
+
+def level_maps(desc: torch.Tensor, num_patches: tuple[int, int], hierarchy: int) -> list[torch.Tensor]:
+    """The level maps of a log-bin descriptor: ``[L_0, ..., L_{h-1}]``, each (T, C) float32 (L_0 = desc)."""
+    hp, wp = int(num_patches[0]), int(num_patches[1])
+    maps = desc.to(torch.float32).reshape(1, hp, wp, -1)
+    return [box_average(maps, k).reshape(hp * wp, -1) for k in range(hierarchy)]
+
+
+def gather_binned_rows(levels: list[torch.Tensor], num_patches, indices: torch.Tensor, hierarchy: int):
+    """Binned rows of the tokens ``indices`` from the level maps: (N,) -> (N, C * (1 + 8 h)), as log_bin's rows."""
+    parts = [levels[k][cells[indices]] for k, cells in shifted_cells(num_patches, hierarchy, indices.device)]
+    return torch.cat(parts, dim=1) if parts else levels[0][:0]
+
+
+def binned_inv_norms(levels: list[torch.Tensor], num_patches, hierarchy: int) -> torch.Tensor:
+    """(T,) float32 ``1 / max(||binned row||, 1e-8)``, the squared norms of the level maps summed over the bins."""
+    sq = [(lv.double() ** 2).sum(dim=1) for lv in levels]
+    total = sum(sq[k][cells] for k, cells in shifted_cells(num_patches, hierarchy, levels[0].device))
+    return 1.0 / total.sqrt().to(torch.float32).clamp_min(COS_EPS)
+
+
+def best_buddies_binned(
+    keys1: torch.Tensor,
+    num_patches1: tuple[int, int],
+    keys2: torch.Tensor,
+    num_patches2: tuple[int, int],
+    *,
+    hierarchy: int = 2,
+    precision: str = "fp32",
+):
+    """``best_buddies(log_bin(keys1), log_bin(keys2))`` from h dense Gram matrices of the level maps (plain torch).
+
+    ``S[i, j] = sum_b G_l(b)[clamp1(i + o_b), clamp2(j + o_b)] / (|binned1[i]| |binned2[j]|)`` with
+    ``G_l = L1_l @ L2_l.T``. Memory is O(h * T1 * T2): this is the oracle, not the fast path.
+
+    Args:
+        keys1: (T1, C) float tensor on the (Hp1, Wp1) grid ``num_patches1``; keys2: (T2, C) likewise.
+        precision: "fp32"; "fp16"/"bf16" round the level maps to that type before the Grams (fp32 accumulation).
+
+    Returns:
+        ``(nn_1, sim_1, nn_2, sim_2, mask)`` as :func:`best_buddies`.
+    """
+    dev = keys1.device
+    t1, t2 = keys1.shape[0], keys2.shape[0]
+    l1 = level_maps(keys1, num_patches1, hierarchy)
+    l2 = level_maps(keys2, num_patches2, hierarchy)
+    rs = binned_inv_norms(l1, num_patches1, hierarchy)
+    cs = binned_inv_norms(l2, num_patches2, hierarchy)
+    gemm = _GEMM_DTYPES[precision]
+    if gemm != torch.float32:
+        l1 = [x.to(gemm).to(torch.float32) for x in l1]
+        l2 = [x.to(gemm).to(torch.float32) for x in l2]
+    grams = [a @ b.t() for a, b in zip(l1, l2, strict=True)]
+    d = torch.zeros((t1, t2), dtype=torch.float32, device=dev)
+    for (k, c1), (_, c2) in zip(
+        shifted_cells(num_patches1, hierarchy, dev), shifted_cells(num_patches2, hierarchy, dev), strict=True
+    ):
+        d += grams[k][c1][:, c2]
+    s = d * rs[:, None] * cs[None, :]
+    sim_1, nn_1 = s.max(dim=1)
+    sim_2, nn_2 = s.max(dim=0)
+    mask = nn_2[nn_1] == torch.arange(t1, device=dev)
+    return nn_1, sim_1, nn_2, sim_2, mask

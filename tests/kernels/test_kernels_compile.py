@@ -12,7 +12,7 @@ from kernels_helpers import KERNEL_DIR
 from dinofeat.kernels import cuda
 
 ARCHS = (75, 80, 86, 87, 89, 90, 100, 120)
-SOURCES = {"log_bin.cu": "dinofeat::log_bin_", "best_buddies.cu": "dinofeat::bb_"}
+SOURCES = {"log_bin.cu": "dinofeat::log_bin_", "best_buddies.cu": "dinofeat::bb_", "bb_binned.cu": "dinofeat::bbb_"}
 
 
 def _wrapper(source: str, prefix: str) -> str:

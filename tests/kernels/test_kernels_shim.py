@@ -178,6 +178,18 @@ def test_log_bin_kernel_dtypes(shim, in_dt, out_dt):
     torch.testing.assert_close(got, want, rtol=ulp, atol=1e-6)
 
 
+def _unpack_keys(shim, row_keys: np.ndarray, col_keys: np.ndarray):
+    """bb_unpack_keys on both key arrays + bb_mutual, as cuda.py ends both Best-Buddies paths."""
+    t1, t2 = len(row_keys), len(col_keys)
+    nn_1, sim_1 = np.empty(t1, np.int64), np.empty(t1, np.float32)
+    nn_2, sim_2 = np.empty(t2, np.int64), np.empty(t2, np.float32)
+    shim.df_bb_unpack(_ptr(row_keys), t1, _ptr(nn_1), _ptr(sim_1), 16, 2)
+    shim.df_bb_unpack(_ptr(col_keys), t2, _ptr(nn_2), _ptr(sim_2), 16, 2)
+    mask = np.empty(t1, np.bool_)
+    shim.df_bb_mutual(_ptr(nn_1), _ptr(nn_2), t1, _ptr(mask), 8, 3)
+    return nn_1, sim_1, nn_2, sim_2, mask
+
+
 # -------------------------------------------------------------------------------------- best buddies
 
 
@@ -229,13 +241,7 @@ def _shim_best_buddies(
             _ptr(col_keys),
             block,
         )
-    nn_1, sim_1 = np.empty(t1, np.int64), np.empty(t1, np.float32)
-    nn_2, sim_2 = np.empty(t2, np.int64), np.empty(t2, np.float32)
-    shim.df_bb_unpack(_ptr(row_keys), t1, _ptr(nn_1), _ptr(sim_1), 16, 2)
-    shim.df_bb_unpack(_ptr(col_keys), t2, _ptr(nn_2), _ptr(sim_2), 16, 2)
-    mask = np.empty(t1, np.bool_)
-    shim.df_bb_mutual(_ptr(nn_1), _ptr(nn_2), t1, _ptr(mask), 8, 3)
-    return nn_1, sim_1, nn_2, sim_2, mask
+    return _unpack_keys(shim, row_keys, col_keys)
 
 
 @pytest.mark.parametrize(
@@ -279,3 +285,95 @@ def test_best_buddies_kernels_dtypes(shim, in_dt, gemm_dt, precision):
     # a 1-ulp fp32 difference in a row norm can flip one fp16/bf16 rounding of a normalised value
     tol = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1e-2}[precision]
     check_bb_against(got, ref, tie_tol=tol, min_agree=0.95)
+
+
+# ------------------------------------------------------------------------- binned Best Buddies (bb_binned.cu)
+
+
+def _shim_binned(shim, k1: torch.Tensor, g1, k2: torch.Tensor, g2, hierarchy=2, budget=None, block=32, steps=None):
+    """best_buddies_binned_cupy's launch sequence through the shim (the Gram tiles are numpy matmuls here).
+
+    steps: only these image-1 steps (indices); then only the rows of those steps have complete results."""
+    from dinofeat.kernels import cuda
+
+    bbb = [P, I32, P, I32, I32, I32, I32, U32, U32]
+    shim.df_bbb_box_average.argtypes = bbb
+    shim.df_bbb_inv_norm.argtypes = [P, I32, I32, I32, I32, P, U32, U32]
+    shim.df_bbb_fused.argtypes = [P, P, P, P, P, I32, I32, I32, I32, P, P, P, P, U32]
+
+    def levels(x, g):
+        xin = _storage(x, "float32")
+        out = np.empty((hierarchy, *x.shape), np.float32)
+        for k in range(hierarchy):
+            shim.df_bbb_box_average(_ptr(xin), 0, _ptr(out[k]), g[0], g[1], x.shape[1], k, 16, 7)
+        inv = np.empty(g[0] * g[1], np.float32)
+        shim.df_bbb_inv_norm(_ptr(out), hierarchy, g[0], g[1], x.shape[1], _ptr(inv), 8, 5)
+        return out, inv
+
+    (l1, inv1), (l2, inv2) = levels(k1, g1), levels(k2, g2)
+    (h1, w1), (h2, w2) = g1, g2
+    t1, t2 = h1 * w1, h2 * w2
+    step = cuda.binned_step_rows(g1, t2, hierarchy, budget or cuda.BBB_TILE_BYTES)
+    row_keys, col_keys = np.zeros(t1, np.uint64), np.zeros(t2, np.uint64)
+    starts = list(range(0, h1, step))
+    for a0 in [starts[i] for i in steps] if steps else starts:
+        a1 = min(a0 + step, h1)
+        los = [max(a0 - 3**k, 0) for k in range(hierarchy)]
+        tiles = [np.ascontiguousarray(l1[k][lo * w1 : min(a1 + 3**k, h1) * w1] @ l2[k].T) for k, lo in enumerate(los)]
+        geom = cuda.binned_geom_words(g1, g2, hierarchy, los, [0] * hierarchy, [t2] * hierarchy)
+        ptrs = [_ptr(t) for t in tiles] + [_ptr(tiles[0])] * (cuda.BBB_MAX_LEVELS - hierarchy)
+        shim.df_bbb_fused(_ptr(geom), *ptrs, a0, a1, 0, h2, _ptr(inv1), _ptr(inv2), _ptr(row_keys), _ptr(col_keys),
+                          block)
+    return _unpack_keys(shim, row_keys, col_keys)
+
+
+@pytest.mark.parametrize(
+    "g1,g2,c,hierarchy,budget",
+    [
+        ((1, 1), (1, 1), 5, 2, None),
+        ((1, 7), (7, 1), 4, 2, None),
+        ((3, 3), (3, 3), 8, 2, None),
+        ((7, 9), (6, 5), 6, 2, 1),  # one image-1 row per step: halo rows recomputed every step
+        ((9, 4), (5, 6), 3, 3, 4000),
+    ],
+)
+def test_binned_kernels_vs_dense(shim, g1, g2, c, hierarchy, budget):
+    from test_kernels_binned import dense_oracle
+
+    gen = torch.Generator().manual_seed(c)
+    k1, k2 = torch.randn(g1[0] * g1[1], c, generator=gen), torch.randn(g2[0] * g2[1], c, generator=gen)
+    ref, s = dense_oracle(k1, g1, k2, g2, hierarchy)
+    got = _shim_binned(shim, k1, g1, k2, g2, hierarchy, budget)
+    check_bb_against(got, ref, s, tie_tol=1e-6)
+
+
+def test_binned_kernels_paper_grids(shim):
+    """55x83 against 55x55: the first and last image-1 steps (both clamped borders, 10 of 55 grid rows; the shim
+    runs one host thread per CUDA thread, so the whole pair would take minutes): their rows' maxima are complete."""
+    from test_kernels_binned import paper_grid_case
+
+    from dinofeat.kernels import cuda
+
+    k1, k2, (ref, s) = paper_grid_case(4)
+    budget = 4 * (5 + 6) * 83 * 3025 + 4 * (5 + 2) * 83 * 3025  # 5 grid rows per step
+    assert cuda.binned_step_rows((55, 83), 3025, 2, budget) == 5
+    nn_1, sim_1, *_ = _shim_binned(shim, k1, (55, 83), k2, (55, 55), 2, budget, block=64, steps=[0, -1])
+    rows = np.r_[0 : 5 * 83, 50 * 83 : 55 * 83]
+    np.testing.assert_allclose(sim_1[rows], ref[1][rows], rtol=0, atol=1e-6)
+    bad = rows[nn_1[rows] != ref[0][rows]]
+    assert np.all(np.abs(s[bad, nn_1[bad]] - s[bad, ref[0][bad]]) <= 1e-6)  # only near-ties may differ
+
+
+def test_binned_kernels_ties_and_constant_maps(shim):
+    from test_kernels_binned import _row_constant
+
+    g1, g2 = (5, 4), (6, 3)
+    k1, k2 = _row_constant(g1, 7, 1), _row_constant(g2, 7, 2)
+    got = _shim_binned(shim, k1, g1, k2, g2)
+    want = [v.numpy() for v in R.best_buddies_binned(k1, g1, k2, g2)]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    nn_1, _, nn_2, _, mask = _shim_binned(shim, torch.ones(24, 4), (4, 6), torch.full((9, 4), 2.0), (3, 3))
+    np.testing.assert_array_equal(nn_1, 0)
+    np.testing.assert_array_equal(nn_2, 0)
+    np.testing.assert_array_equal(mask, np.arange(24) == 0)

@@ -6,6 +6,7 @@
 // clang-format off
 #include "log_bin.cu"
 #include "best_buddies.cu"
+#include "bb_binned.cu"
 // clang-format on
 
 using cuda_shim::launch;
@@ -91,6 +92,41 @@ int df_bb_unpack(const u64* keys, i64 n, i64* index, float* value, unsigned int 
 
 int df_bb_mutual(const i64* nn1, const i64* nn2, i64 n1, bool* mask, unsigned int block, unsigned int grid) {
   launch(dim3(grid), dim3(block), dinofeat::bb_mutual, nn1, nn2, n1, mask);
+  return 0;
+}
+
+// binned Best Buddies (bb_binned.cu), launched as best_buddies_binned_cupy does.
+int df_bbb_box_average(const void* in, int in_t, float* out, int hp, int wp, int ch, int level, unsigned int block,
+                       unsigned int grid_cap) {
+  with_type(in_t, [&](auto* ti) {
+    using Tin = std::remove_pointer_t<decltype(ti)>;
+    launch(dim3(grid_for(static_cast<i64>(hp) * wp * ch, block, grid_cap)), dim3(block), dinofeat::bbb_box_average<Tin>,
+           static_cast<const Tin*>(in), out, hp, wp, ch, level);
+  });
+  return 0;
+}
+
+// levels: `n_levels` (hp*wp, ch) float32 maps back to back; inv: (hp*wp,) float32.
+int df_bbb_inv_norm(const float* levels, int n_levels, int hp, int wp, int ch, float* inv, unsigned int block,
+                    unsigned int grid_cap) {
+  const i64 cells = static_cast<i64>(hp) * wp;
+  std::vector<double> sq(static_cast<size_t>(n_levels * cells));
+  for (int k = 0; k < n_levels; ++k)
+    launch(dim3(grid_for(cells, block, grid_cap)), dim3(block), dinofeat::bbb_cell_sqnorm, levels + k * cells * ch,
+           sq.data() + k * cells, cells, ch);
+  launch(dim3(grid_for(cells, block, grid_cap)), dim3(block), dinofeat::bbb_inv_norm,
+         static_cast<const double*>(sq.data()), inv, hp, wp, n_levels);
+  return 0;
+}
+
+int df_bbb_fused(const i64* geom, const float* g0, const float* g1, const float* g2, const float* g3, int a0, int a1,
+                 int b0, int b1, const float* inv1, const float* inv2, u64* row_keys, u64* col_keys,
+                 unsigned int block) {
+  const i64 nrows = static_cast<i64>(a1 - a0) * geom[1], ncols = static_cast<i64>(b1 - b0) * geom[3];
+  const dim3 grid(static_cast<unsigned int>((ncols + block - 1) / block),
+                  static_cast<unsigned int>((nrows + DF_BBB_TILE_ROWS - 1) / DF_BBB_TILE_ROWS));
+  launch(grid, dim3(block), dinofeat::bbb_fused, geom, g0, g1, g2, g3, a0, a1, b0, b1, inv1, inv2, row_keys,
+         col_keys);
   return 0;
 }
 

@@ -1,0 +1,294 @@
+"""Binned Best Buddies through shifted Gram matrices (issue 10) against Best Buddies on materialised binned rows.
+
+    python -m benchmarks.bench_binned [--loads 224 320 480] [--repeat 3] [--no-e2e] [--out benchmarks/results]
+
+* Keys at 224: the deterministic-weight keys of the golden pair A (55x83) / B (55x55) (``golden_img_{a,b}_224.npz``,
+  exactly what the extractor computes); at 320 / 480: standard-normal keys on the grids of the same images at that
+  load (A 79x119 / B 79x79, A 119x179 / B 119x119; the time does not depend on the values).
+* Per load, timed interleaved in this process (median, every sample kept): ``dense`` = ``best_buddies(b1, b2)`` on
+  the materialised binned rows (today's path, rows made beforehand), ``binned`` = ``best_buddies_binned(k1, ...,
+  k2, ...)`` (default tiling) and ``binned_big`` (64 MiB of Gram tiles: one image-2 band), the GEMM rate (one
+  T1 x T2 x C fp32 GEMM) and from it the arithmetic floor of the new method: 2 Gram GEMMs = 4 T1 T2 C FLOP.
+* Peak extra memory of each method: one call in a fresh child process (inputs made and touched, code paths warmed on
+  tiny inputs, VmHWM reset through /proc/self/clear_refs): VmHWM after - VmRSS before, vs the dense T1 x T2 fp32 S.
+* log_bin with a warm ``out=`` buffer vs a fresh array: min and median.
+* End to end (paper pair, deterministic weights, 224): ``find_correspondences`` default (binned Gram) vs
+  ``exact_gemm=True`` in the same run, with their outputs against the golden pair.
+* bf16 on this CPU: ISA flags (avx512_bf16 / amx_bf16) and the bf16 vs fp32 GEMM rate measured here.
+Writes ``bench_binned.json`` and ``bench_binned.png``; records machine, versions and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GOLDEN = Path(os.environ.get("DINOFEAT_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+GRIDS = {224: ((55, 83), (55, 55)), 320: ((79, 119), (79, 79)), 480: ((119, 179), (119, 119))}
+C = 384
+BIG_TILING_BYTES = 64 << 20
+
+
+def _loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_info() -> dict:
+    flags, model = set(), platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    isa = {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")}
+    native_bf16 = isa["avx512_bf16"] or isa["amx_bf16"]
+    return {"model": model, "logical_cpus": os.cpu_count(), "isa": isa, "native_bf16": native_bf16,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def keys_for(load: int, seed: int = 0):
+    g1, g2 = GRIDS[load]
+    if load == 224:
+        k1 = np.load(GOLDEN / "golden_img_a_224.npz")["desc_unbinned"][0, 0]
+        k2 = np.load(GOLDEN / "golden_img_b_224.npz")["desc_unbinned"][0, 0]
+        return np.ascontiguousarray(k1), g1, np.ascontiguousarray(k2), g2, "golden deterministic-weight keys"
+    rng = np.random.default_rng(seed)
+    k1 = rng.standard_normal((g1[0] * g1[1], C), dtype=np.float32)
+    k2 = rng.standard_normal((g2[0] * g2[1], C), dtype=np.float32)
+    return k1, g1, k2, g2, "standard-normal keys on the pair's grids"
+
+
+def _interleaved(fns: dict, repeat: int) -> dict:
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _med(xs) -> float:
+    return float(np.median(xs))
+
+
+# ------------------------------------------------------------------------------------------- child memory
+
+
+def _child(method: str, load: int) -> dict:
+    """One call of `method` in this fresh process: peak RSS growth (MiB) and time."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench_kernels import _reset_peak_rss_kb, _status_kb
+    from dinofeat import kernels
+    from dinofeat.kernels import cpu
+
+    k1, g1, k2, g2, _ = keys_for(load)
+    if method == "dense":
+        b1, b2 = kernels.log_bin(k1, g1), kernels.log_bin(k2, g2)
+        kernels.best_buddies(b1[:8], b2[:700])  # warm the code paths on small inputs
+
+        def fn():
+            return kernels.best_buddies(b1, b2)
+    else:
+        tiling = cpu.BinnedTiling(budget_bytes=BIG_TILING_BYTES) if method == "binned_big" else cpu.BINNED_TILING
+        kernels.best_buddies_binned(k1[:4 * 9], (4, 9), k2[:5 * 7], (5, 7))
+
+        def fn():
+            return cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling)
+    before = _reset_peak_rss_kb()
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return {"time_s": dt, "peak_extra_MiB": (_status_kb("VmHWM") - before) / 1024}
+
+
+def _in_child(method: str, load: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            f"from benchmarks import bench_binned as b; print(json.dumps(b._child({method!r}, {load})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- benches
+
+
+def bench_load(load: int, repeat: int, memory: bool = True) -> dict:
+    from dinofeat import kernels
+    from dinofeat.kernels import cpu
+
+    k1, g1, k2, g2, source = keys_for(load)
+    t1, t2 = k1.shape[0], k2.shape[0]
+    b1, b2 = kernels.log_bin(k1, g1), kernels.log_bin(k2, g2)
+    big = cpu.BinnedTiling(budget_bytes=BIG_TILING_BYTES)
+    a, b = torch.from_numpy(k1), torch.from_numpy(k2)
+    load0 = _loadavg()
+    times = _interleaved({
+        "gemm_TxTxC": lambda: a @ b.T,
+        "dense": lambda: kernels.best_buddies(b1, b2),
+        "binned": lambda: kernels.best_buddies_binned(k1, g1, k2, g2),
+        "binned_big": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling=big),
+    }, repeat)
+    res = {"load": load, "grids": [g1, g2], "T1": t1, "T2": t2, "C": C, "keys": source,
+           "loadavg_before": load0, "loadavg_after": _loadavg(),
+           "times_s": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
+           "median_s": {k: _med(vs) for k, vs in times.items()},
+           "tiling_default": {"plan (step_rows, band_rows)": cpu.binned_plan(g1, g2, 2),
+                              "budget_bytes": cpu.BINNED_TILING.budget_bytes},
+           "tiling_big": {"plan (step_rows, band_rows)": cpu.binned_plan(g1, g2, 2, big), "budget_bytes": big.budget_bytes}}
+    m = res["median_s"]
+    gemm_rate = 2 * t1 * t2 * C / m["gemm_TxTxC"]
+    res["gemm_GFLOPs"] = gemm_rate / 1e9
+    res["dense_GFLOP"] = 2 * t1 * t2 * 17 * C / 1e9
+    res["binned_floor_GFLOP"] = 4 * t1 * t2 * C / 1e9
+    res["binned_floor_s"] = 4 * t1 * t2 * C / gemm_rate
+    for k in ("binned", "binned_big"):
+        res[f"{k}_fraction_of_floor"] = res["binned_floor_s"] / m[k]
+        res[f"speedup_{k}_vs_dense"] = m["dense"] / m[k]
+    ref = kernels.best_buddies(b1, b2)
+    got = kernels.best_buddies_binned(k1, g1, k2, g2)
+    res["agreement"] = {"nn_1": float((ref.nn_1 == got.nn_1).mean()), "nn_2": float((ref.nn_2 == got.nn_2).mean()),
+                        "mask_equal": bool((ref.mask == got.mask).all()), "pairs": int(got.mask.sum()),
+                        "max_abs_sim_diff": float(np.abs(ref.sim_1 - got.sim_1).max())}
+    res["dense_S_MiB"] = t1 * t2 * 4 / 2**20
+    if memory:
+        for k in ("dense", "binned", "binned_big"):
+            r = _in_child(k, load)
+            res[f"{k}_peak_extra_MiB"] = r["peak_extra_MiB"]
+            res[f"{k}_peak_extra_over_dense_S"] = r["peak_extra_MiB"] / res["dense_S_MiB"]
+    return res
+
+
+def bench_log_bin(repeat: int = 15) -> dict:
+    from dinofeat import kernels
+
+    k1, g1, *_ = keys_for(224)
+    x = torch.from_numpy(k1)[None]
+    buf = torch.empty(1, x.shape[1], 17 * C)
+    kernels.log_bin(x, g1, out=buf)
+    times = _interleaved({"warm_out_buffer": lambda: kernels.log_bin(x, g1, out=buf),
+                          "fresh_array": lambda: kernels.log_bin(x, g1)}, repeat)
+    return {"grid": g1, "out_MB": buf.numel() * 4 / 1e6, "repeat": repeat,
+            **{f"{k}_{stat}_ms": round(1e3 * f(v), 2) for k, v in times.items() for stat, f in (("min", min),
+                                                                                          ("median", _med))},
+            "times_s": {k: [round(t, 4) for t in v] for k, v in times.items()}}
+
+
+def bench_bf16_gemm(repeat: int = 3) -> dict:
+    a32, b32 = torch.randn(4565, C), torch.randn(3025, C)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    times = _interleaved({"fp32": lambda: a32 @ b32.T, "bf16": lambda: a16 @ b16.T}, repeat)
+    fl = 2 * 4565 * 3025 * C
+    return {f"{k}_GFLOPs": fl / _med(v) / 1e9 for k, v in times.items()} | {"shape": (4565, 3025, C)}
+
+
+def bench_end_to_end(repeat: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import dinofeat
+    from dinofeat.testing import deterministic_weights
+
+    ex = dinofeat.Extractor(weights=deterministic_weights("dino_vits8"), backend="torch", device="cpu",
+                            progress=False)
+    ex_dir = Path(__file__).resolve().parents[1] / "examples"
+    g = np.load(GOLDEN / "golden_pair_ab_224_t0.05.npz")
+
+    def run(exact: bool):
+        return dinofeat.find_correspondences(ex_dir / "img_a.png", ex_dir / "img_b.png", num_pairs=10,
+                                             load_size=224, extractor=ex, exact_gemm=exact)
+
+    outs = {}
+    load0 = _loadavg()
+    times = _interleaved({"binned_gram": lambda: outs.__setitem__("binned_gram", run(False)),
+                          "exact_gemm": lambda: outs.__setitem__("exact_gemm", run(True))}, repeat)
+    res = {"repeat": repeat, "loadavg_before": load0, "loadavg_after": _loadavg(),
+           "times_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+           "median_s": {k: _med(v) for k, v in times.items()}}
+    res["new_over_exact_gemm"] = res["median_s"]["binned_gram"] / res["median_s"]["exact_gemm"]
+    for k, c in outs.items():
+        res[f"{k}_vs_golden"] = {
+            "bbs_mask_equal": bool((c.bbs_mask.numpy() == g["bbs_mask"]).all()),
+            "pairs": int(c.bbs_mask.sum()),
+            "points1_equal": c.points1 == [tuple(map(int, p)) for p in g["points1_yx"]],
+            "points2_equal": c.points2 == [tuple(map(int, p)) for p in g["points2_yx"]],
+            "kmeans_labels_equal": bool((c.kmeans_labels == g["kmeans_labels"]).all()),
+        }
+    return res
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = [r["load"] for r in res["loads"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    w = 0.25
+    for i, k in enumerate(("dense", "binned", "binned_big")):
+        ax1.bar(np.arange(len(loads)) + (i - 1) * w, [r["median_s"][k] for r in res["loads"]], w, label=k)
+        mem = [r.get(f"{k}_peak_extra_MiB", np.nan) for r in res["loads"]]
+        ax2.bar(np.arange(len(loads)) + (i - 1) * w, mem, w, label=k)
+    ax1.plot(np.arange(len(loads)), [r["binned_floor_s"] for r in res["loads"]], "k_", ms=30, label="2-Gram floor")
+    for ax, title in ((ax1, "Best Buddies of binned descriptors: time (s, median)"),
+                      (ax2, "peak extra memory (MiB)")):
+        ax.set_xticks(np.arange(len(loads)), [str(v) for v in loads])
+        ax.set_xlabel("load size")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{res['machine']['cpu']['model']}, {res['machine']['cpu']['logical_cpus']} CPUs, load avg "
+                 f"{res['loadavg_start']} (shared machine)", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--loads", type=int, nargs="+", default=[224, 320])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-e2e", action="store_true")
+    p.add_argument("--e2e-repeat", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    a = p.parse_args(argv)
+    t0 = time.time()
+    from dinofeat import _native
+
+    res = {"machine": {"cpu": cpu_info(), "platform": platform.platform(), "python": platform.python_version(),
+                       "torch": torch.__version__, "numpy": np.__version__,
+                       "threads": {"torch": torch.get_num_threads(), "native_openmp": _native.max_threads()}},
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": _loadavg()}
+    res["bf16_gemm"] = bench_bf16_gemm()
+    res["log_bin"] = bench_log_bin()
+    res["loads"] = []
+    for load in a.loads:
+        res["loads"].append(bench_load(load, a.repeat if load < 480 else 1, memory=True))
+        print(json.dumps(res["loads"][-1]["median_s"]), file=sys.stderr, flush=True)
+    if not a.no_e2e:
+        res["end_to_end"] = bench_end_to_end(a.e2e_repeat)
+    res["loadavg_end"] = _loadavg()
+    res["wall_s"] = time.time() - t0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "bench_binned.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "bench_binned.json")
+    plot(res, out / "bench_binned.png")
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
