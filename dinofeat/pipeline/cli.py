@@ -101,9 +101,11 @@ def collect_pairs(args) -> list[tuple[str, str, Path, Path]]:
 def batch_main(args) -> int:
     from tqdm import tqdm
 
-    from .matcher import Matcher
+    from .matcher import Matcher, check_count
     from .results import ResultWriter, read_results, result_row
 
+    check_count(args.batch_size, "--batch-size: batch_size")
+    check_count(args.workers, "--workers: workers", minimum=0)
     if not args.out or not str(args.out).lower().endswith(".parquet"):
         raise InputError(f"--out {args.out!r}: expected a file ending in .parquet")
     pairs = collect_pairs(args)

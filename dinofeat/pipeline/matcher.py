@@ -88,6 +88,7 @@ class Matcher:
         self.forward_calls = 0
         self.stage_seconds = {"decode": 0.0, "forward": 0.0, "match": 0.0}
         self._lock = threading.Lock()
+        self._decoded: dict[str, tuple] = {}  # key -> (batch, resized image) decoded ahead, until extracted
         on_cuda = ex.device.type == "cuda"
         self.overlap = on_cuda if overlap == "auto" else bool(overlap)
         self._match_stream = torch.cuda.Stream(device=ex.device) if (self.overlap and on_cuda) else None
@@ -128,10 +129,17 @@ class Matcher:
         once per configuration (feature store), and images of the same preprocessed size go through the
         backend together, up to `batch_size` per forward.
         """
-        batch_size = _positive_int(DEFAULTS.batch_size if batch_size is None else batch_size, "batch_size")
-        workers = _positive_int(DEFAULTS.workers if workers is None else workers, "workers", minimum=0)
+        batch_size = check_count(DEFAULTS.batch_size if batch_size is None else batch_size, "batch_size")
+        workers = check_count(DEFAULTS.workers if workers is None else workers, "workers", minimum=0)
         window = max(self.config.window, 2 * batch_size)
         jobs = prefetch_map(self._prepare_pair, enumerate(pairs), workers=workers, depth=max(window, 2 * workers))
+        try:
+            yield from self._pipeline(jobs, window, batch_size)
+        finally:
+            with self._lock:
+                self._decoded.clear()
+
+    def _pipeline(self, jobs: Iterator[dict], window: int, batch_size: int) -> Iterator[PairResult]:
         if not self.overlap:
             for chunk in _chunks(jobs, window):
                 self._extract_window(chunk, batch_size)
@@ -175,8 +183,13 @@ class Matcher:
             f = self.store.get(key)
             if f is not None:
                 return {"key": key, "features": f}
-            batch, pil = self._decode(image, name)
-            return {"key": key, "batch": batch, "image": pil}
+            with self._lock:
+                decoded = self._decoded.get(key)
+            if decoded is None:  # not decoded by an earlier pair of this or the next window
+                decoded = self._decode(image, name)
+                with self._lock:
+                    self._decoded[key] = decoded
+            return {"key": key, "batch": decoded[0], "image": decoded[1]}
         except DinofeatError as e:
             return {"error": str(e)}
         except Exception as e:  # noqa: BLE001 - one bad item is that item's error, the rest complete
@@ -210,6 +223,9 @@ class Matcher:
             for start in range(0, len(keys), batch_size):
                 group = [todo[k] for k in keys[start:start + batch_size]]
                 self._extract_group(group)
+        with self._lock:
+            for key in todo:
+                self._decoded.pop(key, None)
         for job in chunk:  # share the extracted features with every job that prepared the same image
             job["images"] = tuple(todo.get(p.get("key"), p) if "batch" in p else p for p in job["images"])
 
@@ -319,7 +335,8 @@ def _chunks(it: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-def _positive_int(v, name: str, minimum: int = 1) -> int:
+def check_count(v, name: str, minimum: int = 1) -> int:
+    """`v` if it is an int >= minimum, else InputError naming `name`."""
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise InputError(f"{name}={v!r}: expected an int >= {minimum}")
     return v

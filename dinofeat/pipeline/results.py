@@ -102,7 +102,8 @@ class ResultWriter:
 
     Rows are buffered and written as row groups of `rows_per_group`. `close()` (also on an exception inside a
     `with` block) finishes the file, so what is renamed is always a complete, readable file of whole rows;
-    `abort()` removes the temp file and leaves `path` untouched.
+    `abort()` removes the temp file and leaves `path` untouched. In a `with` block: a `DinofeatError` (bad
+    arguments) or a non-`Exception` exit aborts; an interrupt or another error keeps the whole rows written.
     """
 
     def __init__(self, path, rows_per_group: int = 64):
@@ -155,7 +156,10 @@ class ResultWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, Exception)):
+        from ..errors import DinofeatError
+
+        if exc_type is not None and (issubclass(exc_type, DinofeatError)
+                                     or not issubclass(exc_type, (KeyboardInterrupt, Exception))):
             self.abort()
             return False
         self.close()
