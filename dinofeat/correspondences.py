@@ -186,8 +186,22 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
         `Correspondences`; with zero surviving best buddies, empty points (the original crashes there).
     """
     from .engine.extractor import Extractor
-    from .export.model import check_request
 
+    num_pairs, thresh = check_match_args(num_pairs, thresh)
+    ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
+                                precision=precision, progress=progress)
+    views = []
+    for image in (image1, image2):
+        batch, pil = ex.preprocess(image, load_size)
+        f = ex.extract(batch, layer=layer, facet=facet, bin=False, saliency=True)
+        views.append(view_of(f, 0, layer, pil))
+    return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
+                       patch_size=ex.patch_size, match_precision=match_precision, kmeans_labels=kmeans_labels,
+                       exact_gemm=exact_gemm)
+
+
+def check_match_args(num_pairs, thresh) -> tuple[int, float]:
+    """Validate `num_pairs` (int >= 1) and `thresh` (a number, not NaN); returns them normalised."""
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
         raise InputError(f"num_pairs={num_pairs!r}: expected an int >= 1")
     try:
@@ -196,17 +210,56 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
         raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
     if np.isnan(thresh):
         raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
-    ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
-                                precision=precision, progress=progress)
-    batch1, pil1 = ex.preprocess(image1, load_size)
-    batch2, pil2 = ex.preprocess(image2, load_size)
-    f1 = ex.extract(batch1, layer=layer, facet=facet, bin=False, saliency=True)
-    f2 = ex.extract(batch2, layer=layer, facet=facet, bin=False, saliency=True)
-    layers = check_request(ex.spec, layer, facet)  # normalised ints, in the descriptor's concatenation order
-    bb, rows = _best_buddies_for_pair([f1.per_layer[lyr][0] for lyr in layers], f1.num_patches,
-                                      [f2.per_layer[lyr][0] for lyr in layers], f2.num_patches,
+    return int(num_pairs), thresh
+
+
+@dataclass
+class ImageView:
+    """One image's extracted data, what `match_views` needs (from `Extractor.extract` or a feature store).
+
+    keys: (T, C) float32 unbinned descriptors, or a list of (T, C_l) tensors (one per requested layer, binned
+        separately and concatenated in that order when bin=True, as `Extractor.extract` does).
+    saliency: (T,) float32 in [0, 1].
+    num_patches: (Hp, Wp) with Hp * Wp == T, tokens row-major.
+    image: the resized PIL image the points refer to.
+    """
+
+    keys: torch.Tensor | list[torch.Tensor]
+    saliency: torch.Tensor
+    num_patches: tuple[int, int]
+    image: Image.Image
+
+
+def view_of(features, i: int, layer, image: Image.Image) -> ImageView:
+    """The `ImageView` of item `i` of an unbinned `Features` batch (`layer` as passed to `extract`)."""
+    if isinstance(layer, (list, tuple)):
+        keys = [features.per_layer[lyr][i] for lyr in layer]
+    else:
+        keys = features.descriptors[i]
+    return ImageView(keys=keys, saliency=features.saliency[i], num_patches=features.num_patches, image=image)
+
+
+def match_views(view1: ImageView, view2: ImageView, *, num_pairs: int = 10, bin: bool = True,
+                thresh: float = 0.05, stride: int = 4, patch_size: int = 8, match_precision: str = "fp32",
+                kmeans_labels=None, exact_gemm: bool = False) -> Correspondences:
+    """The per-pair step of `find_correspondences` on already extracted data (no model involved).
+
+    Best Buddies of the (binned, when `bin`) descriptors without materialising binned rows (unless `exact_gemm`),
+    the foreground filter, k-means and the ranking. `find_correspondences`, `Matcher` and the batch layers all
+    call this function, so they return the same fields for the same inputs.
+
+    Args:
+        view1, view2: `ImageView` of each image (keys (T, C) unbinned, saliency (T,), grid, resized image).
+        num_pairs: k-means clusters / pairs returned; thresh: saliency threshold of the foreground.
+        stride, patch_size: the ViT's, to map tokens to pixels.
+        exact_gemm: with bin, Best Buddies on materialised binned rows instead of the shifted-Gram kernel.
+
+    Returns:
+        `Correspondences`; with zero surviving best buddies, empty points.
+    """
+    bb, rows = _best_buddies_for_pair(view1.keys, tuple(view1.num_patches), view2.keys, tuple(view2.num_patches),
                                       bin, exact_gemm, match_precision)
-    sal1, sal2 = f1.saliency[0], f2.saliency[0]
+    sal1, sal2 = view1.saliency, view2.saliency
     fg1, fg2 = sal1 > thresh, sal2 > thresh
     bbs = foreground_filter(bb.mask, bb.nn_2, fg1, fg2)
     bb_idx = torch.nonzero(bbs, as_tuple=False).squeeze(1)
@@ -219,11 +272,12 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
         chosen, labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
     idx1 = bb_idx.cpu().numpy()[chosen]
     idx2 = bb.nn_1.cpu().numpy()[idx1]
-    p, s = ex.patch_size, ex.stride
+    grid1, grid2 = tuple(view1.num_patches), tuple(view2.num_patches)
     return Correspondences(
-        points1=token_to_pixel(idx1, f1.num_patches, s, p), points2=token_to_pixel(idx2, f2.num_patches, s, p),
-        image1=pil1, image2=pil2, nn_1=bb.nn_1, sim_1=bb.sim_1, nn_2=bb.nn_2, sim_2=bb.sim_2, bbs_mask=bbs,
-        mutual_mask=bb.mask, fg_mask1=fg1, fg_mask2=fg2, saliency1=sal1, saliency2=sal2, kmeans_labels=labels,
-        indices1=idx1.astype(np.int64), indices2=idx2.astype(np.int64),
-        num_patches1=f1.num_patches, num_patches2=f2.num_patches,
+        points1=token_to_pixel(idx1, grid1, stride, patch_size),
+        points2=token_to_pixel(idx2, grid2, stride, patch_size),
+        image1=view1.image, image2=view2.image, nn_1=bb.nn_1, sim_1=bb.sim_1, nn_2=bb.nn_2, sim_2=bb.sim_2,
+        bbs_mask=bbs, mutual_mask=bb.mask, fg_mask1=fg1, fg_mask2=fg2, saliency1=sal1, saliency2=sal2,
+        kmeans_labels=labels, indices1=idx1.astype(np.int64), indices2=idx2.astype(np.int64),
+        num_patches1=grid1, num_patches2=grid2,
     )
