@@ -1,6 +1,7 @@
 """dinofeat: dense DINO-ViT descriptors and Best-Buddies correspondences, exact to the original, fast."""
 
 from . import kernels
+from .apps import CosegResult, PartsResult, PcaResult, cosegment, part_cosegment, pca
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
 from .errors import BackendUnavailableError, DinofeatError, InputError, WeightsError
@@ -11,16 +12,22 @@ __version__ = "0.1.0"
 __all__ = [
     "MODELS",
     "BackendUnavailableError",
+    "CosegResult",
     "Correspondences",
     "DinofeatError",
     "Extractor",
     "Features",
     "InputError",
     "ModelSpec",
+    "PartsResult",
+    "PcaResult",
     "WeightsError",
     "__version__",
+    "cosegment",
     "find_correspondences",
     "get_model_spec",
     "kernels",
     "list_models",
+    "part_cosegment",
+    "pca",
 ]
