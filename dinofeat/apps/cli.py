@@ -134,7 +134,11 @@ def _write(args, results, sources, draw) -> None:
 def _sources(images) -> list[str]:
     from .common import image_list
 
-    return [str(s) for s in image_list(images)]
+    out = [str(s) for s in image_list(images, name="IMG_OR_DIR")]
+    for path in out:
+        if not Path(path).is_file():
+            raise DinofeatError(f"IMG_OR_DIR: file not found: {path!r}")
+    return out
 
 
 def pca_main(args) -> int:
@@ -187,8 +191,9 @@ def eval_main(args) -> int:
     import json
 
     from ..viz import atomic_save
-    from .spair import evaluate_spair
+    from .spair import evaluate_spair, load_pairs
 
+    load_pairs(args.root, args.split, args.categories)  # check the data set before loading the model
     res = evaluate_spair(args.root, categories=args.categories, load_size=args.load_size, layer=args.layer,
                          facet=args.facet, bin=args.bin, extractor=_extractor(args), alpha=args.alpha,
                          pairs_per_category=args.pairs_per_category, seed=args.seed, split=args.split,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InputError
 from .common import (
     check_positive_int,
     elbow_kmeans,
@@ -141,6 +142,8 @@ def part_cosegment(images, elbow: float = COSEG.elbow, load_size=COSEG.load_size
     fg = [np.isin(lab, st.salient) for lab in st.labels]
     x_fg = np.concatenate([n[m] for n, m in zip(st.normalized, fg, strict=True)])
     x_fg_train = np.concatenate([n[m][::sample_interval] for n, m in zip(st.normalized, fg, strict=True)])
+    if x_fg.shape[0] == 0:  # no cluster won the votes: every pixel is background (the original crashes)
+        return _all_background(st, len(originals), crf)
     ks = range(1, COSEG.max_clusters + 1) if three_stages else [num_parts]
     part_model, _, _ = elbow_kmeans(x_fg, x_fg_train, elbow_second_stage, ks, method=kmeans,
                                     niter=COSEG.kmeans_niter, nredo=COSEG.kmeans_nredo, device=kdev)
@@ -152,14 +155,21 @@ def part_cosegment(images, elbow: float = COSEG.elbow, load_size=COSEG.load_size
     if three_stages:
         energies, num_labels = _third_stage(st, parts, part_model, bg1, voters, num_parts, sample_interval, kmeans,
                                             kdev)
+        if energies is None:
+            return _all_background(st, len(originals), crf)
         parts = [smooth_parts(e, f.image, crf, ex.device) for e, f in zip(energies, st.feats, strict=True)]
     return [PartsResult(image=st.feats[i].image, parts=parts[i], grid_parts=grid_labels(energies[i]),
                         num_parts=num_labels, crf=crf) for i in range(len(originals))]
 
 
+def _all_background(st, n: int, crf: str) -> list[PartsResult]:
+    return [PartsResult(image=f.image, parts=np.full(f.load_size, -1, np.int64),
+                        grid_parts=np.full(f.num_patches, -1, np.int64), num_parts=0, crf=crf) for f in st.feats[:n]]
+
+
 def _third_stage(st, parts, part_model, bg1, voters, num_parts, sample_interval, kmeans, kdev):
     """Parts present in every original image are common; the rest join the background; k-means of the common
-    descriptors into `num_parts`. Returns (per-image energies, num_parts)."""
+    descriptors into `num_parts`. Returns (per-image energies, num_parts), or (None, 0) when no part is common."""
     smoothed = []
     for p, f in zip(parts, st.feats, strict=True):
         t = torch.from_numpy(p.astype(np.float32))[None, None]
@@ -172,6 +182,11 @@ def _third_stage(st, parts, part_model, bg1, voters, num_parts, sample_interval,
     common = np.nonzero(votes == int(np.sum(voters)))[0]
     masks = [np.isin(lab, common) for lab in smoothed]
     x_train = np.concatenate([n[m][::sample_interval] for n, m in zip(st.normalized, masks, strict=True)])
+    if x_train.shape[0] == 0:
+        return None, 0
+    if x_train.shape[0] < num_parts:
+        raise InputError(f"three_stages=True: {len(common)} part(s) common to every image leave {x_train.shape[0]} "
+                         f"training descriptors for num_parts={num_parts}; use three_stages=False or fewer parts")
     common_model = train_kmeans(x_train, num_parts, method=kmeans, niter=COSEG.kmeans_niter,
                                 nredo=COSEG.kmeans_nredo, device=kdev)
     bg2 = part_model.centroids[[i for i in range(part_model.centroids.shape[0]) if i not in set(common.tolist())]]

@@ -19,11 +19,13 @@ def app_images():
 
 
 @pytest.fixture(scope="session")
-def extractor_s8(vits8_weights_file):
-    import dinofeat
+def extractor_s8(extractor):
+    """The stride-8 extractor the applications derive from `extractor` (an Extractor built from the same file)."""
+    from dinofeat.apps.common import derived_extractor
 
-    return dinofeat.Extractor(model="dino_vits8", stride=8, weights=str(vits8_weights_file), backend="torch",
-                              device="cpu", progress=False)
+    ex8 = derived_extractor(extractor, 8)
+    assert ex8.stride == 8 and ex8.weights_sha256 == extractor.weights_sha256
+    return ex8
 
 
 @pytest.fixture(scope="session")
