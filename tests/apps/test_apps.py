@@ -188,3 +188,18 @@ def test_bad_inputs(extractor, app_images):
         dinofeat.part_cosegment(app_images, crf="bogus", extractor=extractor)
     with pytest.raises(dinofeat.InputError, match="bin=False"):
         dinofeat.cosegment(app_images, load_size=LOAD, bin=True, remove_outliers=True, extractor=extractor)
+
+
+def test_outliers(extractor, app_images, reference):
+    from dinofeat.apps.coseg import outlier_inliers
+
+    cls = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.2]], np.float32)
+    mean = cls.mean(axis=0)
+    cos = cls @ mean / np.linalg.norm(cls, axis=1) / np.linalg.norm(mean)
+    np.testing.assert_array_equal(outlier_inliers(cls, 0.7), cos >= 0.7)
+    # every image an inlier: the CLS descriptors come from the same forward, the masks are the plain ones
+    res = dinofeat.cosegment(app_images, load_size=LOAD, sample_interval=SAMPLE, extractor=extractor,
+                             remove_outliers=True, outliers_thresh=-1.0)
+    assert all(r.inlier for r in res)
+    for r, mask in zip(res, reference["masks"], strict=True):
+        np.testing.assert_array_equal(r.mask, mask)
