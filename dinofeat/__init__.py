@@ -1,6 +1,7 @@
 """dinofeat: dense DINO-ViT descriptors and Best-Buddies correspondences, exact to the original, fast."""
 
 from . import kernels
+from .apps import CosegResult, PartsResult, PcaResult, cosegment, part_cosegment, pca
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
 from .errors import BackendError, BackendUnavailableError, DinofeatError, InputError, WeightsError
@@ -13,6 +14,7 @@ __all__ = [
     "MODELS",
     "BackendError",
     "BackendUnavailableError",
+    "CosegResult",
     "Correspondences",
     "DinofeatError",
     "Extractor",
@@ -21,10 +23,15 @@ __all__ = [
     "Matcher",
     "ModelSpec",
     "PairResult",
+    "PartsResult",
+    "PcaResult",
     "WeightsError",
     "__version__",
+    "cosegment",
     "find_correspondences",
     "get_model_spec",
     "kernels",
     "list_models",
+    "part_cosegment",
+    "pca",
 ]

@@ -211,6 +211,10 @@ OPTIONAL_COMMANDS = (
     ("doctor", ".doctor", "add_doctor_arguments", "doctor_main",
      "print versions and devices, self-test every backend and kernel"),
     ("bench", ".bench", "add_bench_arguments", "bench_main", "benchmark stages and end-to-end throughput"),
+    ("pca", ".apps.cli", "add_pca_arguments", "pca_main", "principal components of descriptors as images"),
+    ("coseg", ".apps.cli", "add_coseg_arguments", "coseg_main", "co-segmentation: the common foreground of images"),
+    ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),
+    ("eval", ".apps.cli", "add_eval_arguments", "eval_main", "PCK evaluation (SPair-71k)"),
 )
 
 

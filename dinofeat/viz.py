@@ -48,3 +48,10 @@ def atomic_save(path: str | os.PathLike, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# The applications' drawers live in viz_apps.py (kept apart to keep this module small).
+from .viz_apps import draw_cosegmentation, draw_mask, draw_parts, draw_pca, pca_images  # noqa: E402
+
+__all__ = ["atomic_save", "draw_correspondences", "draw_cosegmentation", "draw_mask", "draw_parts", "draw_pca",
+           "pair_colors", "pca_images"]

@@ -1,0 +1,211 @@
+"""`dinofeat pca | coseg | parts | eval spair`: the applications on the command line (rows of OPTIONAL_COMMANDS)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DinofeatError
+from .defaults import COSEG, PARTS, PCA, SPAIR
+
+
+def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> None:
+    from ..cli import _add_model_args
+
+    p.add_argument("--layer", type=int, default=layer, help=f"block of the descriptor facet (default {layer})")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    if bin_default:
+        p.add_argument("--no-bin", dest="bin", action="store_false", help="unbinned descriptors")
+    else:
+        p.add_argument("--bin", action="store_true", help="log-binned descriptors (17 bins)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p)
+
+
+def _io_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMG_OR_DIR", help="image files and/or directories of images")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="directory for the PNGs (created)")
+    p.add_argument("--save", default=None, metavar="OUT.npz", help="also save every array to this .npz")
+    p.add_argument("--batch-size", type=int, default=8, help="images of one size per forward (default 8)")
+
+
+def _coseg_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--elbow", type=float, default=COSEG.elbow)
+    p.add_argument("--thresh", type=float, default=COSEG.thresh, help="saliency threshold of a cluster's vote")
+    p.add_argument("--votes-percentage", type=float, default=COSEG.votes_percentage)
+    p.add_argument("--sample-interval", type=int, default=COSEG.sample_interval)
+    p.add_argument("--full-res-saliency", dest="low_res_saliency_maps", action="store_false",
+                   help="saliency from the descriptor forward instead of a stride-8 half-size one")
+    p.add_argument("--kmeans", default="faiss", choices=["faiss", "torch"],
+                   help="faiss (the original's, default) or torch on --device (fast mode)")
+
+
+def add_pca_arguments(p: argparse.ArgumentParser) -> None:
+    _io_args(p)
+    p.add_argument("--n-components", type=int, default=PCA.n_components)
+    p.add_argument("--per-image", dest="all_together", action="store_false", help="fit one PCA per image")
+    _model_args(p, PCA.layer, PCA.bin)
+
+
+def add_coseg_arguments(p: argparse.ArgumentParser) -> None:
+    _io_args(p)
+    _coseg_args(p)
+    p.add_argument("--remove-outliers", action="store_true")
+    p.add_argument("--outliers-thresh", type=float, default=COSEG.outliers_thresh)
+    _model_args(p, COSEG.layer, COSEG.bin)
+
+
+def add_parts_arguments(p: argparse.ArgumentParser) -> None:
+    _io_args(p)
+    _coseg_args(p)
+    p.add_argument("--num-parts", type=int, default=PARTS.num_parts)
+    p.add_argument("--num-crop-augmentations", type=int, default=PARTS.num_crop_augmentations)
+    p.add_argument("--three-stages", action="store_true")
+    p.add_argument("--elbow-second-stage", type=float, default=PARTS.elbow_second_stage)
+    p.add_argument("--crf", default="auto", choices=["auto", "pydensecrf", "torch"])
+    _model_args(p, COSEG.layer, COSEG.bin)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=["spair"], help="benchmark (SPair-71k)")
+    p.add_argument("--root", required=True, help="the SPair-71k folder (JPEGImages/, PairAnnotation/)")
+    p.add_argument("--categories", nargs="+", default=None, help="default: every category present")
+    p.add_argument("--alpha", type=float, default=SPAIR.alpha)
+    p.add_argument("--pairs-per-category", type=int, default=SPAIR.pairs_per_category)
+    p.add_argument("--seed", type=int, default=SPAIR.seed)
+    p.add_argument("--split", default=SPAIR.split)
+    p.add_argument("--bbox", dest="normalize", action="store_const", const="bbox", default="image",
+                   help="threshold alpha * max(bbox h, w) instead of alpha * max(image h, w)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON")
+    _model_args(p, SPAIR.layer, SPAIR.bin)
+
+
+def _extractor(args):
+    from ..cli import _extractor as make
+
+    return make(args)
+
+
+def _check_save(args) -> None:
+    from ..cli import _check_suffix
+
+    if args.save:
+        _check_suffix(args.save, (".npz",), "--save")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise DinofeatError(f"-o/--output {args.output!r}: exists and is not a directory")
+
+
+def _names(sources) -> list[str]:
+    """One unique file stem per image (input order)."""
+    seen: dict[str, int] = {}
+    out = []
+    for src in sources:
+        stem = Path(src).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def _write(args, results, sources, draw) -> None:
+    """PNGs (atomic) per image via draw(result) -> {suffix: PIL}, then the optional .npz."""
+    import numpy as np
+
+    from ..viz import atomic_save
+
+    names = _names(sources)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name, r in zip(names, results, strict=True):
+        for suffix, im in draw(r).items():
+            atomic_save(out / f"{name}_{suffix}.png", lambda tmp, im=im: im.save(tmp, format="PNG"))
+            written += 1
+    print(f"{len(results)} image(s), {written} PNG(s) written to {out}")
+    if args.save:
+        arrays = {"names": np.array(names)}
+        for i, r in enumerate(results):
+            for key, value in vars(r).items():
+                arrays[f"{key}_{i}"] = np.asarray(value)
+        path = atomic_save(args.save, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        print(f"saved every array to {path}")
+
+
+def _sources(images) -> list[str]:
+    from .common import image_list
+
+    out = [str(s) for s in image_list(images, name="IMG_OR_DIR")]
+    for path in out:
+        if not Path(path).is_file():
+            raise DinofeatError(f"IMG_OR_DIR: file not found: {path!r}")
+    return out
+
+
+def pca_main(args) -> int:
+    from ..viz import pca_images
+    from .pca import pca
+
+    _check_save(args)
+    sources = _sources(args.images)
+    res = pca(sources, load_size=args.load_size, layer=args.layer, facet=args.facet, bin=args.bin,
+              n_components=args.n_components, all_together=args.all_together, extractor=_extractor(args),
+              batch_size=args.batch_size, progress=not args.quiet)
+    _write(args, res, sources, lambda r: {f"pca_{k}": v for k, v in pca_images(r).items()})
+    return 0
+
+
+def coseg_main(args) -> int:
+    from ..viz import draw_cosegmentation, draw_mask
+    from .coseg import cosegment
+
+    _check_save(args)
+    sources = _sources(args.images)
+    res = cosegment(sources, elbow=args.elbow, load_size=args.load_size, layer=args.layer, facet=args.facet,
+                    bin=args.bin, thresh=args.thresh, votes_percentage=args.votes_percentage,
+                    sample_interval=args.sample_interval, remove_outliers=args.remove_outliers,
+                    outliers_thresh=args.outliers_thresh, low_res_saliency_maps=args.low_res_saliency_maps,
+                    extractor=_extractor(args), kmeans=args.kmeans, batch_size=args.batch_size,
+                    progress=not args.quiet)
+    _write(args, res, sources, lambda r: {"coseg": draw_cosegmentation(r), "mask": draw_mask(r)})
+    return 0
+
+
+def parts_main(args) -> int:
+    from ..viz import draw_parts
+    from .parts import part_cosegment
+
+    _check_save(args)
+    sources = _sources(args.images)
+    res = part_cosegment(sources, elbow=args.elbow, load_size=args.load_size, layer=args.layer, facet=args.facet,
+                         bin=args.bin, thresh=args.thresh, votes_percentage=args.votes_percentage,
+                         sample_interval=args.sample_interval, low_res_saliency_maps=args.low_res_saliency_maps,
+                         num_parts=args.num_parts, num_crop_augmentations=args.num_crop_augmentations,
+                         three_stages=args.three_stages, elbow_second_stage=args.elbow_second_stage,
+                         extractor=_extractor(args), kmeans=args.kmeans, crf=args.crf,
+                         batch_size=args.batch_size, progress=not args.quiet)
+    _write(args, res, sources, lambda r: {"parts": draw_parts(r)})
+    return 0
+
+
+def eval_main(args) -> int:
+    import json
+
+    from ..viz import atomic_save
+    from .spair import evaluate_spair, load_pairs
+
+    load_pairs(args.root, args.split, args.categories)  # check the data set before loading the model
+    res = evaluate_spair(args.root, categories=args.categories, load_size=args.load_size, layer=args.layer,
+                         facet=args.facet, bin=args.bin, extractor=_extractor(args), alpha=args.alpha,
+                         pairs_per_category=args.pairs_per_category, seed=args.seed, split=args.split,
+                         normalize=args.normalize, progress=not args.quiet)
+    print(f"{'category':<14} {'pairs':>5} {'kps':>6} {'PCK@' + str(args.alpha):>9}")
+    for cat, value in res.per_category.items():
+        print(f"{cat:<14} {res.num_pairs[cat]:>5} {res.num_keypoints[cat]:>6} {100 * value:>9.2f}")
+    print(f"{'mean':<14} {sum(res.num_pairs.values()):>5} {sum(res.num_keypoints.values()):>6} "
+          f"{100 * res.mean:>9.2f}")
+    for name, msg in res.errors:
+        print(f"skipped {name}: {msg}")
+    if args.json:
+        path = atomic_save(args.json, lambda tmp: Path(tmp).write_text(json.dumps(res.to_dict(), indent=2)))
+        print(f"result written to {path}")
+    return 0
