@@ -198,6 +198,7 @@ OPTIONAL_COMMANDS = (
     ("doctor", ".doctor", "add_doctor_arguments", "doctor_main",
      "print versions and devices, self-test every backend and kernel"),
     ("bench", ".bench", "add_bench_arguments", "bench_main", "benchmark stages and end-to-end throughput"),
+    ("serve", ".serve.cli", "add_serve_arguments", "serve_main", "Triton model repository and server"),
 )
 
 

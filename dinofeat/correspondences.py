@@ -143,6 +143,20 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     """
     from .engine.extractor import Extractor
 
+    num_pairs, thresh = check_match_args(num_pairs, thresh)
+    ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
+                                precision=precision, progress=progress)
+    views = []
+    for image in (image1, image2):
+        batch, pil = ex.preprocess(image, load_size)
+        f = ex.extract(batch, layer=layer, facet=facet, bin=False, saliency=True)
+        views.append(view_of(f, 0, layer, pil))
+    return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
+                       patch_size=ex.patch_size, match_precision=match_precision, kmeans_labels=kmeans_labels)
+
+
+def check_match_args(num_pairs, thresh) -> tuple[int, float]:
+    """Validate `num_pairs` (int >= 1) and `thresh` (a number, not NaN); returns them normalised."""
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
         raise InputError(f"num_pairs={num_pairs!r}: expected an int >= 1")
     try:
@@ -151,14 +165,62 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
         raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
     if np.isnan(thresh):
         raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
-    ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
-                                precision=precision, progress=progress)
-    batch1, pil1 = ex.preprocess(image1, load_size)
-    batch2, pil2 = ex.preprocess(image2, load_size)
-    f1 = ex.extract(batch1, layer=layer, facet=facet, bin=bin, saliency=True)
-    f2 = ex.extract(batch2, layer=layer, facet=facet, bin=bin, saliency=True)
-    d1, d2 = f1.descriptors[0], f2.descriptors[0]
-    sal1, sal2 = f1.saliency[0], f2.saliency[0]
+    return int(num_pairs), thresh
+
+
+@dataclass
+class ImageView:
+    """One image's extracted data, what `match_views` needs (from `Extractor.extract` or a feature store).
+
+    keys: (T, C) float32 unbinned descriptors, or a list of (T, C_l) tensors (one per requested layer, binned
+        separately and concatenated in that order when bin=True, as `Extractor.extract` does).
+    saliency: (T,) float32 in [0, 1].
+    num_patches: (Hp, Wp) with Hp * Wp == T, tokens row-major.
+    image: the resized PIL image the points refer to.
+    """
+
+    keys: torch.Tensor | list[torch.Tensor]
+    saliency: torch.Tensor
+    num_patches: tuple[int, int]
+    image: Image.Image
+
+
+def view_of(features, i: int, layer, image: Image.Image) -> ImageView:
+    """The `ImageView` of item `i` of an unbinned `Features` batch (`layer` as passed to `extract`)."""
+    if isinstance(layer, (list, tuple)):
+        keys = [features.per_layer[lyr][i] for lyr in layer]
+    else:
+        keys = features.descriptors[i]
+    return ImageView(keys=keys, saliency=features.saliency[i], num_patches=features.num_patches, image=image)
+
+
+def view_descriptors(view: ImageView, bin: bool, hierarchy: int = 2) -> torch.Tensor:
+    """(T, C) or (T, 17 C) descriptors of a view: its keys, log-binned per layer when `bin`."""
+    parts = view.keys if isinstance(view.keys, (list, tuple)) else [view.keys]
+    if bin:
+        parts = [kernels.log_bin(k[None], view.num_patches, hierarchy=hierarchy)[0] for k in parts]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def match_views(view1: ImageView, view2: ImageView, *, num_pairs: int = 10, bin: bool = True,
+                thresh: float = 0.05, stride: int = 4, patch_size: int = 8, match_precision: str = "fp32",
+                kmeans_labels=None) -> Correspondences:
+    """The per-pair step of `find_correspondences` on already extracted data (no model involved).
+
+    Log-bins the keys when `bin` (this is the one place a pair's descriptors are binned), runs Best Buddies,
+    the foreground filter, k-means and the ranking. `find_correspondences`, `Matcher` and the batch layers all
+    call this function, so they return the same fields for the same inputs.
+
+    Args:
+        view1, view2: `ImageView` of each image (keys (T, C) unbinned, saliency (T,), grid, resized image).
+        num_pairs: k-means clusters / pairs returned; thresh: saliency threshold of the foreground.
+        stride, patch_size: the ViT's, to map tokens to pixels.
+
+    Returns:
+        `Correspondences`; with zero surviving best buddies, empty points.
+    """
+    d1, d2 = view_descriptors(view1, bin), view_descriptors(view2, bin)
+    sal1, sal2 = view1.saliency, view2.saliency
     bb = kernels.best_buddies(d1, d2, precision=match_precision)
     fg1, fg2 = sal1 > thresh, sal2 > thresh
     bbs = foreground_filter(bb.mask, bb.nn_2, fg1, fg2)
@@ -172,11 +234,12 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
         chosen, labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
     idx1 = bb_idx.cpu().numpy()[chosen]
     idx2 = bb.nn_1.cpu().numpy()[idx1]
-    p, s = ex.patch_size, ex.stride
+    grid1, grid2 = tuple(view1.num_patches), tuple(view2.num_patches)
     return Correspondences(
-        points1=token_to_pixel(idx1, f1.num_patches, s, p), points2=token_to_pixel(idx2, f2.num_patches, s, p),
-        image1=pil1, image2=pil2, nn_1=bb.nn_1, sim_1=bb.sim_1, nn_2=bb.nn_2, sim_2=bb.sim_2, bbs_mask=bbs,
-        mutual_mask=bb.mask, fg_mask1=fg1, fg_mask2=fg2, saliency1=sal1, saliency2=sal2, kmeans_labels=labels,
-        indices1=idx1.astype(np.int64), indices2=idx2.astype(np.int64),
-        num_patches1=f1.num_patches, num_patches2=f2.num_patches,
+        points1=token_to_pixel(idx1, grid1, stride, patch_size),
+        points2=token_to_pixel(idx2, grid2, stride, patch_size),
+        image1=view1.image, image2=view2.image, nn_1=bb.nn_1, sim_1=bb.sim_1, nn_2=bb.nn_2, sim_2=bb.sim_2,
+        bbs_mask=bbs, mutual_mask=bb.mask, fg_mask1=fg1, fg_mask2=fg2, saliency1=sal1, saliency2=sal2,
+        kmeans_labels=labels, indices1=idx1.astype(np.int64), indices2=idx2.astype(np.int64),
+        num_patches1=grid1, num_patches2=grid2,
     )
