@@ -125,6 +125,14 @@ def server_env(binary: ServerBinary, base: dict | None = None) -> dict:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when this process dies (no orphaned server)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,7 +168,8 @@ class TritonServer:
         self.command = cmd
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=server_env(self.binary), start_new_session=True)
+                                        env=server_env(self.binary), start_new_session=True,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     @property
     def http_url(self) -> str:
