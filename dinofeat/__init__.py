@@ -4,6 +4,7 @@ from . import kernels
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
 from .errors import BackendUnavailableError, DinofeatError, InputError, WeightsError
+from .pipeline import Matcher, PairResult
 from .zoo import MODELS, ModelSpec, get_model_spec, list_models
 
 __version__ = "0.1.0"
@@ -16,7 +17,9 @@ __all__ = [
     "Extractor",
     "Features",
     "InputError",
+    "Matcher",
     "ModelSpec",
+    "PairResult",
     "WeightsError",
     "__version__",
     "find_correspondences",

@@ -34,8 +34,16 @@ def cmd_match(args) -> int:
     from tqdm import tqdm
 
     from .correspondences import find_correspondences
+    from .pipeline.cli import batch_main, is_batch
     from .viz import atomic_save, draw_correspondences
 
+    if is_batch(args):
+        return batch_main(args)
+    if not (args.img1 and args.img2):
+        raise DinofeatError("match: expected IMG1 IMG2, or --pairs PAIRS.csv / DIR --all-pairs / QUERY DIR "
+                            "with --out RESULTS.parquet")
+    if args.out or args.resume:
+        raise DinofeatError("--out/--resume: only with --pairs PAIRS.csv, DIR --all-pairs or QUERY DIR")
     for name, path in (("IMG1", args.img1), ("IMG2", args.img2)):
         if not Path(path).is_file():
             raise DinofeatError(f"{name}: file not found: {path!r}")
@@ -156,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("match", help="find and draw correspondences between two images", epilog=EPILOG)
-    p.add_argument("img1")
-    p.add_argument("img2")
+    p = sub.add_parser("match", help="find and draw correspondences between two images, or match many pairs "
+                       "(--pairs, --all-pairs, QUERY DIR) into a Parquet file", epilog=EPILOG)
+    p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY")
+    p.add_argument("img2", nargs="?", metavar="IMG2|DIR")
     p.add_argument("--num-pairs", type=int, default=10)
     p.add_argument("--layer", type=int, default=9)
     p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
@@ -168,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
     _add_model_args(p)
+    from .pipeline.cli import add_batch_arguments
+
+    add_batch_arguments(p)
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("extract", help="save dense descriptors (and saliency) of images", epilog=EPILOG)

@@ -25,6 +25,7 @@ class Features:
     num_patches: (Hp, Wp) patch grid; T = Hp * Wp, tokens row-major.
     load_size: (H, W) of the preprocessed batch.
     per_layer: {layer: (B, T, C)} unbinned-or-binned descriptors of each requested layer.
+    image: the resized PIL image (B = 1) when known (`Matcher.features` sets it), else None.
     """
 
     descriptors: torch.Tensor
@@ -32,6 +33,7 @@ class Features:
     num_patches: tuple[int, int]
     load_size: tuple[int, int]
     per_layer: dict[int, torch.Tensor]
+    image: object = None
 
 
 def resolve_device(device) -> torch.device:

@@ -1,0 +1,342 @@
+"""`Matcher`: one loaded model and one configuration for many matches (feature store, batched forwards,
+prefetched decoding, optional overlap of matching with extraction)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..correspondences import Correspondences, check_match_args, match_views, view_of
+from ..engine.extractor import Features
+from ..errors import DinofeatError, InputError
+from .prefetch import prefetch_map
+from .results import PairResult
+from .store import FeatureStore, feature_key, image_digest
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    """Every default of `Matcher` in one place."""
+
+    model: str = "dino_vits8"  # zoo name
+    stride: int = 4  # patch-embedding stride (the paper's 4 for ViT-S/8)
+    weights: object = None  # None: the official file (cached download); a path or a state dict
+    backend: str = "auto"  # torch | onnxruntime | tensorrt | auto
+    device: object = "auto"  # auto | cpu | cuda[:N]
+    precision: str = "fp32"  # ViT precision: fp32 (exact), bf16, fp16
+    load_size: object = 224  # shorter side after resizing (int), (H, W) or None
+    layer: object = 9  # layer (int) or list of layers whose facet is the descriptor
+    facet: str = "key"  # key | query | value | token
+    bin: bool = True  # log-bin (17 bins) before matching
+    thresh: float = 0.05  # saliency threshold of the foreground
+    num_pairs: int = 10  # pairs returned per image pair (k-means clusters)
+    cache_dir: object = None  # folder of the on-disk feature store, None for memory only
+    cache_bytes: int = 2 << 30  # bound of the in-memory feature LRU in bytes
+    match_precision: str = "fp32"  # Best-Buddies GEMM precision (fp32 exact)
+    batch_size: int = 8  # default images per forward in match_pairs (same preprocessed size only)
+    workers: int = 2  # default decode/resize threads in match_pairs
+    window: int = 32  # pairs gathered before their images are extracted and they are matched
+    overlap: object = "auto"  # match a window while the next one is extracted: auto = on CUDA only
+
+
+DEFAULTS = MatcherConfig()
+
+
+class Matcher:
+    """Many matches through one model.
+
+    Example:
+        >>> m = dinofeat.Matcher(weights="dino_deitsmall8_pretrain.pth", cache_dir="~/.cache/dinofeat/features")
+        >>> c = m.match("a.png", "b.png")                       # == find_correspondences("a.png", "b.png")
+        >>> for r in m.match_pairs([("a.png", "b.png"), ("a.png", "c.png")], batch_size=8, workers=2):
+        ...     print(r.index, r.error or len(r.result))
+
+    Counters: `forwards` (images through the backend), `forward_calls` (backend calls), `stage_seconds`
+    ({"decode", "forward", "match"}), `store.stats` (memory / disk hits, misses, corrupt entries).
+    """
+
+    def __init__(self, model: str = "dino_vits8", stride: int = 4, weights=None, backend: str = "auto",
+                 device="auto", precision: str = "fp32", load_size=224, layer=9, facet: str = "key",
+                 bin: bool = True, thresh: float = 0.05, num_pairs: int = 10, cache_dir=None,
+                 cache_bytes: int = 2 << 30, *, extractor=None, match_precision: str = "fp32",
+                 overlap="auto", progress: bool = False):
+        from ..engine.extractor import Extractor
+        from ..engine.preprocess import check_load_size
+        from ..export.model import check_request
+
+        num_pairs, thresh = check_match_args(num_pairs, thresh)
+        if overlap not in ("auto", True, False):
+            raise InputError(f"overlap={overlap!r}: expected 'auto', True or False")
+        self.config = MatcherConfig(model=model, stride=stride, weights=weights, backend=backend, device=device,
+                                    precision=precision, load_size=load_size, layer=layer, facet=facet,
+                                    bin=bool(bin), thresh=thresh, num_pairs=num_pairs, cache_dir=cache_dir,
+                                    cache_bytes=cache_bytes, match_precision=match_precision, overlap=overlap)
+        self.extractor = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend,
+                                                device=device, precision=precision, progress=progress)
+        ex = self.extractor
+        check_load_size(load_size, ex.patch_size)
+        check_request(ex.spec, layer, facet)
+        self.store = FeatureStore(cache_dir, cache_bytes)
+        self._key_config = {"model": ex.model_name, "weights_sha256": ex.weights_sha256, "stride": ex.stride,
+                            "load_size": load_size, "layer": layer, "facet": facet, "precision": ex.precision,
+                            "backend": ex.backend.name, "exif_transpose": True}
+        self.forwards = 0
+        self.forward_calls = 0
+        self.stage_seconds = {"decode": 0.0, "forward": 0.0, "match": 0.0}
+        self._lock = threading.Lock()
+        self._decoded: dict[str, tuple] = {}  # key -> (batch, resized image) decoded ahead, until extracted
+        on_cuda = ex.device.type == "cuda"
+        self.overlap = on_cuda if overlap == "auto" else bool(overlap)
+        self._match_stream = torch.cuda.Stream(device=ex.device) if (self.overlap and on_cuda) else None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Matcher({self.extractor!r}, load_size={c.load_size}, layer={c.layer}, facet={c.facet!r}, "
+                f"bin={c.bin}, thresh={c.thresh}, num_pairs={c.num_pairs}, cache_dir={c.cache_dir!r})")
+
+    # ---- one image -------------------------------------------------------------------------------------------
+
+    def key(self, image, name: str = "image") -> str:
+        """The feature-store key of `image` under this configuration."""
+        return feature_key(image_digest(image, name=name), self._key_config)
+
+    def features(self, image) -> Features:
+        """Unbinned facet descriptors (1, T, C), saliency (1, T), grid and resized `image` of one image (cached)."""
+        key = self.key(image)
+        f = self.store.get(key)
+        if f is None:
+            batch, pil = self._decode(image, "image")
+            f = self._forward([batch], [pil])[0]
+            self.store.put(key, f)
+        return f
+
+    def match(self, image1, image2) -> Correspondences:
+        """Correspondences of one pair; equal to `find_correspondences(image1, image2, <same arguments>)`."""
+        return self._match(self.features(image1), self.features(image2))
+
+    # ---- many pairs ------------------------------------------------------------------------------------------
+
+    def match_pairs(self, pairs: Iterable, batch_size: int | None = None, workers: int | None = None
+                    ) -> Iterator[PairResult]:
+        """Match every (image1, image2) of `pairs` (any iterable, consumed lazily); yields `PairResult`s in
+        input order. A bad or missing image makes that pair's `error`; the other pairs complete.
+
+        Images are decoded on `workers` threads ahead of the model (bounded), each distinct image is extracted
+        once per configuration (feature store), and images of the same preprocessed size go through the
+        backend together, up to `batch_size` per forward.
+        """
+        batch_size = check_count(DEFAULTS.batch_size if batch_size is None else batch_size, "batch_size")
+        workers = check_count(DEFAULTS.workers if workers is None else workers, "workers", minimum=0)
+        window = max(self.config.window, 2 * batch_size)
+        jobs = prefetch_map(self._prepare_pair, enumerate(pairs), workers=workers, depth=max(window, 2 * workers))
+        try:
+            yield from self._pipeline(jobs, window, batch_size)
+        finally:
+            with self._lock:
+                self._decoded.clear()
+
+    def _pipeline(self, jobs: Iterator[dict], window: int, batch_size: int) -> Iterator[PairResult]:
+        if not self.overlap:
+            for chunk in _chunks(jobs, window):
+                self._extract_window(chunk, batch_size)
+                yield from self._match_window(chunk)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinofeat-match") as pool:
+            previous = None
+            for chunk in _chunks(jobs, window):
+                self._extract_window(chunk, batch_size)
+                event = self._record_event()
+                current = pool.submit(self._match_window_list, chunk, event)
+                if previous is not None:
+                    yield from previous.result()
+                previous = current
+            if previous is not None:
+                yield from previous.result()
+
+    def match_one_to_many(self, query, gallery: Iterable, batch_size: int | None = None,
+                          workers: int | None = None) -> list[PairResult]:
+        """`PairResult` of (query, g) for each g of `gallery`, in the gallery's order."""
+        return list(self.match_pairs(((query, g) for g in gallery), batch_size=batch_size, workers=workers))
+
+    # ---- internals -------------------------------------------------------------------------------------------
+
+    def _decode(self, image, name: str):
+        from ..engine.preprocess import preprocess
+
+        t0 = time.perf_counter()
+        spec = self.extractor.spec
+        batch, pil = preprocess(image, self.config.load_size, spec.mean, spec.std, name=name)
+        with self._lock:
+            self.stage_seconds["decode"] += time.perf_counter() - t0
+        return batch, pil
+
+    def _prepare_image(self, image, name: str) -> dict:
+        """Worker-thread step: key, store lookup, else decode + resize. Never raises (errors are returned)."""
+        try:
+            key = self.key(image, name)
+            f = self.store.get(key)
+            if f is not None:
+                return {"key": key, "features": f}
+            with self._lock:
+                decoded = self._decoded.get(key)
+            if decoded is None:  # not decoded by an earlier pair of this or the next window
+                decoded = self._decode(image, name)
+                with self._lock:
+                    self._decoded[key] = decoded
+            return {"key": key, "batch": decoded[0], "image": decoded[1]}
+        except DinofeatError as e:
+            return {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - one bad item is that item's error, the rest complete
+            return {"error": f"{name}: {type(e).__name__}: {e}"}
+
+    def _prepare_pair(self, item) -> dict:
+        index, pair = item
+        try:
+            image1, image2 = pair
+        except (TypeError, ValueError):
+            return {"index": index, "pair": (pair, None), "error": f"pairs[{index}]: expected (image1, image2), "
+                    f"got {type(pair).__name__}", "images": ()}
+        return {"index": index, "pair": (image1, image2),
+                "images": (self._prepare_image(image1, "image1"), self._prepare_image(image2, "image2"))}
+
+    def _extract_window(self, chunk: list[dict], batch_size: int) -> None:
+        """Forward every image of the window not found in the store, grouped by size, B <= batch_size."""
+        todo: dict[str, dict] = {}
+        for job in chunk:
+            for prep in job["images"]:
+                if "batch" in prep and prep["key"] not in todo:
+                    todo[prep["key"]] = prep
+        by_size: dict[tuple, list[str]] = {}
+        for key, prep in todo.items():
+            f = self.store.get(key)  # extracted since this image was prepared (an earlier window)
+            if f is not None:
+                prep["features"] = f
+            else:
+                by_size.setdefault(tuple(prep["batch"].shape[-2:]), []).append(key)
+        for keys in by_size.values():
+            for start in range(0, len(keys), batch_size):
+                group = [todo[k] for k in keys[start:start + batch_size]]
+                self._extract_group(group)
+        with self._lock:
+            for key in todo:
+                self._decoded.pop(key, None)
+        for job in chunk:  # share the extracted features with every job that prepared the same image
+            job["images"] = tuple(todo.get(p.get("key"), p) if "batch" in p else p for p in job["images"])
+
+    def _extract_group(self, group: list[dict]) -> None:
+        t0 = time.perf_counter()
+        try:
+            feats = self._forward([p["batch"] for p in group], [p["image"] for p in group])
+        except Exception as e:  # noqa: BLE001 - isolate the bad image: retry one by one
+            if len(group) > 1:
+                for p in group:
+                    self._extract_group([p])
+            else:
+                group[0]["error"] = f"feature extraction failed: {type(e).__name__}: {e}"
+                group[0].pop("batch", None)
+            return
+        seconds = (time.perf_counter() - t0) / len(group)
+        for i, p in enumerate(group):
+            self.store.put(p["key"], feats[i])
+            p["features"], p["forward_seconds"] = feats[i], seconds
+            p.pop("batch", None)
+
+    def _forward(self, batches: list[torch.Tensor], images: list) -> list[Features]:
+        """One backend call for same-size (1, 3, H, W) batches -> one unbinned B = 1 `Features` each."""
+        c = self.config
+        t0 = time.perf_counter()
+        batch = torch.cat(batches) if len(batches) > 1 else batches[0]
+        f = self.extractor.extract(batch, layer=c.layer, facet=c.facet, bin=False, saliency=True)
+        out = []
+        for i, image in enumerate(images):
+            per_layer = {lyr: t[i:i + 1].clone() for lyr, t in f.per_layer.items()}
+            only = next(iter(f.per_layer))
+            desc = per_layer[only] if f.descriptors is f.per_layer[only] else f.descriptors[i:i + 1].clone()
+            out.append(Features(descriptors=desc, saliency=f.saliency[i:i + 1].clone(), num_patches=f.num_patches,
+                                load_size=f.load_size, per_layer=per_layer, image=image))
+        with self._lock:
+            self.forwards += len(batches)
+            self.forward_calls += 1
+            self.stage_seconds["forward"] += time.perf_counter() - t0
+        return out
+
+    def _match(self, f1: Features, f2: Features) -> Correspondences:
+        c, ex = self.config, self.extractor
+        t0 = time.perf_counter()
+        corr = match_views(view_of(f1, 0, c.layer, f1.image), view_of(f2, 0, c.layer, f2.image),
+                           num_pairs=c.num_pairs, bin=c.bin, thresh=c.thresh, stride=ex.stride,
+                           patch_size=ex.patch_size, match_precision=c.match_precision)
+        with self._lock:
+            self.stage_seconds["match"] += time.perf_counter() - t0
+        return corr
+
+    def _match_window(self, chunk: list[dict]) -> Iterator[PairResult]:
+        users: dict[str, int] = {}
+        for job in chunk:
+            for p in job["images"]:
+                if "forward_seconds" in p:
+                    users[p["key"]] = users.get(p["key"], 0) + 1
+        for job in chunk:
+            yield self._match_job(job, users)
+
+    def _match_window_list(self, chunk: list[dict], event) -> list[PairResult]:
+        if self._match_stream is None:
+            return list(self._match_window(chunk))
+        with torch.cuda.stream(self._match_stream):
+            self._match_stream.wait_event(event)
+            out = list(self._match_window(chunk))
+        self._match_stream.synchronize()
+        return out
+
+    def _record_event(self):
+        if self._match_stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.extractor.device))
+        return event
+
+    def _match_job(self, job: dict, users: dict[str, int]) -> PairResult:
+        image1, image2 = job["pair"]
+        error = job.get("error") or next((p["error"] for p in job["images"] if "error" in p), None)
+        share = sum(p.get("forward_seconds", 0.0) / users.get(p.get("key"), 1) for p in job["images"])
+        if error is not None:
+            return PairResult(job["index"], image1, image2, None, error, share)
+        t0 = time.perf_counter()
+        try:
+            corr = self._match(job["images"][0]["features"], job["images"][1]["features"])
+        except DinofeatError as e:
+            return PairResult(job["index"], image1, image2, None, str(e), share + time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - one bad pair is that pair's error
+            return PairResult(job["index"], image1, image2, None, f"matching failed: {type(e).__name__}: {e}",
+                              share + time.perf_counter() - t0)
+        return PairResult(job["index"], image1, image2, corr, None, share + time.perf_counter() - t0)
+
+    def config_dict(self) -> dict:
+        """The configuration as a plain dict (weights shown as their SHA-256)."""
+        d = asdict(self.config)
+        d["weights"] = self.extractor.weights_sha256
+        return d
+
+
+def _chunks(it: Iterable, n: int) -> Iterator[list]:
+    chunk = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def check_count(v, name: str, minimum: int = 1) -> int:
+    """`v` if it is an int >= minimum, else InputError naming `name`."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise InputError(f"{name}={v!r}: expected an int >= {minimum}")
+    return v
