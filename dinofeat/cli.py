@@ -37,6 +37,10 @@ def cmd_match(args) -> int:
     from .pipeline.cli import batch_main, is_batch
     from .viz import atomic_save, draw_correspondences
 
+    if getattr(args, "ray", False):
+        from .distributed.cli import ray_main
+
+        return ray_main(args)
     if is_batch(args):
         return batch_main(args)
     if not (args.img1 and args.img2):
@@ -180,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.cli import add_batch_arguments
 
     add_batch_arguments(p)
+    from .distributed.cli import add_ray_arguments
+
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("extract", help="save dense descriptors (and saliency) of images", epilog=EPILOG)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 
 def __getattr__(name):
-    if name in ("match_pairs", "RayJobOptions"):
+    if name in ("match_pairs", "iter_rows", "RayJobOptions"):
         from . import ray_job
 
         return getattr(ray_job, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RayJobOptions", "match_pairs"]
+__all__ = ["RayJobOptions", "iter_rows", "match_pairs"]

@@ -24,44 +24,66 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailableError, DinofeatError, InputError
-from .results import RESULT_SCHEMA, ParquetSink
+from ..pipeline.matcher import DEFAULTS
 
 
 @dataclass(frozen=True)
 class RayJobOptions:
-    """Configuration of a Ray matching job (model and matching settings as `find_correspondences`)."""
+    """Configuration of a Ray matching job; model and matching defaults are the `Matcher`'s (`DEFAULTS`)."""
 
-    model: str = "dino_vits8"     # zoo name
-    stride: int = 4               # patch-embedding stride
-    weights: str | None = None    # checkpoint path visible to every worker; None: the cached official file
-    backend: str = "torch"        # ViT backend inside each actor: torch | onnxruntime | tensorrt
-    precision: str = "fp32"       # ViT precision (fp32 exact)
-    load_size: int | tuple = 224  # shorter side after resizing, or (H, W)
-    layer: int = 9                # block of the facet (an int; several layers: use the single-process Matcher)
-    facet: str = "key"
-    bin: bool = True              # log-bin before Best Buddies
-    thresh: float = 0.05          # saliency threshold of the foreground
-    num_pairs: int = 10           # pairs returned per image pair
-    batch_size: int = 8           # images (stage 1) / pairs (stage 2) per actor call
-    cpus_per_worker: float = 1.0  # Ray CPUs per actor; torch threads per actor = max(1, int(this))
-    max_restarts: int = 3         # Ray: restarts of a dead actor
-    max_task_retries: int = 3     # Ray: retries of a batch whose actor died
+    model: str = DEFAULTS.model          # zoo name
+    stride: int = DEFAULTS.stride        # patch-embedding stride
+    weights: str | None = None           # checkpoint path readable on every worker; None: the official file
+    backend: str = DEFAULTS.backend      # ViT backend inside each actor (auto: torch on CPU)
+    precision: str = DEFAULTS.precision  # ViT precision (fp32 exact)
+    load_size: object = DEFAULTS.load_size  # shorter side after resizing, or (H, W)
+    layer: int = 9                       # one block (several layers: the single-process Matcher)
+    facet: str = DEFAULTS.facet
+    bin: bool = DEFAULTS.bin             # log-bin before Best Buddies
+    thresh: float = DEFAULTS.thresh      # saliency threshold of the foreground
+    num_pairs: int = DEFAULTS.num_pairs  # pairs returned per image pair
+    batch_size: int = DEFAULTS.batch_size  # images (stage 1) / pairs (stage 2) per actor call
+    cpus_per_worker: float = 1.0         # Ray CPUs per actor; torch threads per actor = max(1, int(this))
+    max_restarts: int = 3                # Ray: restarts of a dead actor
+    max_task_retries: int = 3            # Ray: retries of a batch whose actor died
 
 
 def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: int = 0,
-                address: str | None = None, progress: bool = False, **config) -> dict:
+                address: str | None = None, labels=None, progress: bool = False, **config) -> dict:
     """Match every (image1, image2) of `pairs` on a Ray cluster and write one Parquet row per pair to `out`.
 
     Args:
         pairs: iterable of (image1, image2) file paths (readable on every worker).
-        out: Parquet file; written whole (temp file + rename), rows in the order of `pairs`.
+        out: Parquet file with the columns of `dinofeat.pipeline.RESULT_SCHEMA` (the single-machine many-pairs
+            CLI's), rows in the order of `pairs`; written to a temp file and renamed when complete.
         num_workers: actors per stage (default: as many as the cluster's CPUs, or GPUs with gpus_per_worker=1).
         gpus_per_worker: 0 (CPU actors) or 1 (one GPU per actor, device cuda).
-        address: Ray cluster address (`ray.init(address=...)`); default: the running or a local cluster.
-        config: `RayJobOptions` fields.
+        address: Ray cluster address (`ray.init(address=...)`); default: the running or a new local cluster.
+        labels: (name1, name2) per pair for the image1/image2 columns (default: the paths as given).
+        config: `RayJobOptions` fields (model, weights, load_size, layer, facet, thresh, num_pairs, ...).
 
     Returns:
         {"pairs", "failed", "images", "seconds", "out"}.
+    """
+    from ..pipeline.results import ResultWriter
+
+    out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise InputError(f"out={str(out)!r}: expected a .parquet file name")
+    start = time.perf_counter()
+    summary = {"pairs": 0, "failed": 0}
+    with ResultWriter(out) as writer:
+        for row in iter_rows(pairs, num_workers=num_workers, gpus_per_worker=gpus_per_worker, address=address,
+                             labels=labels, progress=progress, summary=summary, **config):
+            writer.write(row)
+    return dict(summary, seconds=time.perf_counter() - start, out=str(out))
+
+
+def iter_rows(pairs, *, num_workers: int | None = None, gpus_per_worker: int = 0, address: str | None = None,
+              labels=None, progress: bool = False, summary: dict | None = None, **config):
+    """The job of `match_pairs` as a generator of result rows (dicts of the Parquet columns), in input order.
+
+    `summary` (optional dict) receives "pairs", "failed" and "images" as rows come out.
     """
     try:
         import ray
@@ -72,12 +94,12 @@ def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: 
         raise InputError(f"unknown option(s) {sorted(unknown)}; expected fields of RayJobOptions")
     options = RayJobOptions(**config)
     pairs = _check_pairs(pairs)
+    labels = [(str(a), str(b)) for a, b in labels] if labels is not None else pairs
+    if len(labels) != len(pairs):
+        raise InputError(f"labels: expected one (name1, name2) per pair ({len(pairs)}), got {len(labels)}")
     if gpus_per_worker not in (0, 1):
         raise InputError(f"gpus_per_worker={gpus_per_worker!r}: expected 0 or 1")
-    out = Path(out)
-    if out.suffix.lower() != ".parquet":
-        raise InputError(f"out={str(out)!r}: expected a .parquet file name")
-    start = time.perf_counter()
+    summary = {} if summary is None else summary
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
@@ -85,22 +107,20 @@ def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: 
     ctx.enable_progress_bars = bool(progress)
     workers = num_workers or _default_workers(ray, gpus_per_worker)
     images = sorted({p for pair in pairs for p in pair})
+    summary.update(pairs=0, failed=0, images=len(images))
     device = "cuda" if gpus_per_worker else "cpu"
     features = _actor_stage(ray, ray.data.from_items([{"image": p} for p in images]), _Extract, options, workers,
                             gpus_per_worker, {"options": options, "device": device}).materialize()
     refs, where = _index(features, images)
-    rows = ray.data.from_items([{"index": i, "image1": a, "image2": b} for i, (a, b) in enumerate(pairs)])
-    results = _actor_stage(ray, rows, _Match, options, workers, gpus_per_worker,
+    items = [{"index": i, "image1": a, "image2": b, "name1": labels[i][0], "name2": labels[i][1]}
+             for i, (a, b) in enumerate(pairs)]
+    results = _actor_stage(ray, ray.data.from_items(items), _Match, options, workers, gpus_per_worker,
                            {"options": options, "device": device, "refs": refs, "where": where})
-    failed = done = 0
-    with ParquetSink(out) as sink:
-        for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            table = table.sort_by("index").drop_columns(["index"]).select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
-            failed += len(table) - table.column("error").null_count
-            done += len(table)
-            sink.write(table)
-    return {"pairs": done, "failed": failed, "images": len(images), "seconds": time.perf_counter() - start,
-            "out": str(out)}
+    for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in table.sort_by("index").drop_columns(["index"]).to_pylist():
+            summary["pairs"] += 1
+            summary["failed"] += row["error"] is not None
+            yield row
 
 
 def _check_pairs(pairs) -> list[tuple[str, str]]:
@@ -240,25 +260,22 @@ class _Match:
         import pyarrow as pa
 
         from ..correspondences import match_views
+        from ..pipeline.results import PairResult, result_row, result_schema
 
         rows = []
-        for index, a, b in zip(batch["index"].tolist(), batch["image1"].tolist(), batch["image2"].tolist(),
-                               strict=True):
+        for index, a, b, name1, name2 in zip(*(batch[k].tolist() for k in ("index", "image1", "image2", "name1",
+                                                                           "name2")), strict=True):
             t0 = time.perf_counter()
-            row = {"index": index, "image1": a, "image2": b, "points1": None, "points2": None, "similarities": None,
-                   "num_best_buddies": None, "seconds": None, "error": None}
+            c, error = None, None
             try:
                 c = match_views(self._view(a), self._view(b), num_pairs=self.o.num_pairs, bin=self.o.bin,
                                 thresh=self.o.thresh, stride=self.o.stride, patch_size=self.patch_size)
-                row.update(points1=[list(p) for p in c.points1], points2=[list(p) for p in c.points2],
-                           similarities=c.sim_1.cpu().numpy()[np.asarray(c.indices1, np.int64)].tolist(),
-                           num_best_buddies=int(c.bbs_mask.sum()))
             except DinofeatError as e:
-                row["error"] = str(e)
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-        schema = pa.schema([pa.field("index", pa.int64()), *RESULT_SCHEMA])
-        return pa.Table.from_pylist(rows, schema=schema)
+                error = str(e)
+            r = PairResult(index=index, image1=a, image2=b, result=c, error=error, seconds=time.perf_counter() - t0)
+            rows.append(dict(result_row(r, name1, name2), index=index))
+        schema = result_schema()
+        return pa.Table.from_pylist(rows, schema=schema.append(pa.field("index", pa.int64())))
 
 
-__all__ = ["RayJobOptions", "match_pairs"]
+__all__ = ["RayJobOptions", "iter_rows", "match_pairs"]

@@ -54,10 +54,14 @@ def install_command() -> str:
 
 
 def container_command(repo, image: str = CONTAINER_IMAGE) -> str:
-    """The `docker run` line that serves `repo` on GPUs with NVIDIA's container (dinofeat installed inside)."""
+    """The `docker run` line that serves `repo` on GPUs with NVIDIA's container, dinofeat installed inside from
+    this checkout (the Python models import it; the ONNX Runtime / TensorRT model does not need it)."""
     repo = Path(repo).resolve()
-    return (f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {repo}:/models {image} "
-            "bash -c \"pip install 'dinofeat[serve]' && tritonserver --model-repository=/models\"")
+    source = Path(__file__).resolve().parents[2]
+    src = f"-v {source}:/dinofeat " if (source / "pyproject.toml").is_file() else ""
+    install = "pip install '/dinofeat[serve]'" if src else "pip install 'dinofeat[serve]'"
+    return (f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {repo}:/models {src}{image} "
+            f"bash -c \"{install} && tritonserver --model-repository=/models\"")
 
 
 def find_server(server=None) -> ServerBinary:

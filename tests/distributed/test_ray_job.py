@@ -51,29 +51,35 @@ def _kill_one_match_actor(stop: threading.Event, killed: list) -> None:
 
 
 def test_ray_job_equals_single_process_and_survives_an_actor_kill(ray_cluster, tmp_path, vits8_weights_file,
-                                                                  extractor):
+                                                                  extractor, capsys):
+    """`dinofeat match --pairs CSV --out R.parquet --ray` on a local cluster, one matching actor SIGKILLed."""
     import pyarrow.parquet as pq
 
     import dinofeat
-    from dinofeat.distributed import match_pairs
+    from dinofeat.cli import main
+    from dinofeat.pipeline.results import result_schema
 
-    images = _images(tmp_path)
-    pairs = [(images[i], images[j]) for i in range(len(images)) for j in range(i + 1, len(images))][:12]
+    names = [os.path.basename(p) for p in _images(tmp_path)]
+    pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))][::2]
+    (tmp_path / "pairs.csv").write_text("image1,image2\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     out = tmp_path / "results.parquet"
-    stop, killed, summary = threading.Event(), [], {}
+    stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_match_actor, args=(stop, killed), daemon=True)
     killer.start()
     try:
-        summary.update(match_pairs(pairs, out, num_workers=1, weights=str(vits8_weights_file), load_size=LOAD,
-                                   batch_size=2))
+        code = main(["match", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(out), "--ray", "--ray-workers",
+                     "1", "--batch-size", "2", "--weights", str(vits8_weights_file), "--load-size", str(LOAD), "-q"])
     finally:
         stop.set()
         killer.join()
     assert killed, "no matching actor was seen to kill"
-    rows = pq.read_table(out).to_pylist()
-    assert [(r["image1"], r["image2"]) for r in rows] == pairs  # every pair once, in input order
-    bad = [r for r in rows if "broken.png" in r["image1"] + r["image2"]]
-    assert summary["failed"] == len(bad) > 0 and all("broken.png" in r["error"] for r in bad)
+    table = pq.read_table(out)
+    assert table.schema.equals(result_schema())  # the single-machine batch CLI's columns
+    rows = table.to_pylist()
+    assert [(r["image1"], r["image2"]) for r in rows] == pairs  # every pair once, in input order, names as given
+    bad = [r for r in rows if "broken.png" in (r["image1"], r["image2"])]
+    assert code == 1 and f"{len(pairs) - len(bad)} succeeded, {len(bad)} failed" in capsys.readouterr().out
+    assert bad and all("broken.png" in r["error"] and r["points1"] is None for r in bad)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each actor runs (cpus_per_worker=1)
     try:
@@ -81,7 +87,8 @@ def test_ray_job_equals_single_process_and_survives_an_actor_kill(ray_cluster, t
             if r in bad:
                 continue
             assert r["error"] is None
-            ref = dinofeat.find_correspondences(r["image1"], r["image2"], load_size=LOAD, extractor=extractor)
+            ref = dinofeat.find_correspondences(tmp_path / r["image1"], tmp_path / r["image2"], load_size=LOAD,
+                                                extractor=extractor)
             assert r["points1"] == [list(p) for p in ref.points1] and r["points2"] == [list(p) for p in ref.points2]
             assert r["num_best_buddies"] == int(ref.bbs_mask.sum())
             np.testing.assert_allclose(r["similarities"], ref.sim_1.numpy()[ref.indices1], rtol=1e-5)
@@ -101,3 +108,4 @@ def test_bad_arguments_are_clear(tmp_path):
         match_pairs([("a.png", "b.png")], tmp_path / "x.parquet", gpus_per_worker=2)
     with pytest.raises(InputError, match="unknown option"):
         match_pairs([("a.png", "b.png")], tmp_path / "x.parquet", load=3)
+
