@@ -86,6 +86,9 @@ def _run(args) -> int:
         print(f"dinofeat serve run: {e}", file=sys.stderr)
         print(f"to serve it with NVIDIA's container (GPUs): {container_command(args.repo)}")
         return 1
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server cleanly on SIGTERM too
     try:
         server.wait_ready()
         print(f"serving {args.repo}: HTTP localhost:{server.http_port}, gRPC localhost:{server.grpc_port}, "

@@ -236,6 +236,7 @@ class TritonServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)  # the copied backends; the log stays
 
     def __enter__(self) -> TritonServer:
         return self
