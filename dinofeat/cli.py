@@ -38,6 +38,10 @@ def cmd_match(args) -> int:
     from .pipeline.cli import batch_main, is_batch
     from .viz import atomic_save, draw_correspondences
 
+    if getattr(args, "ray", False):
+        from .distributed.cli import ray_main
+
+        return ray_main(args)
     if is_batch(args):
         return batch_main(args)
     if not (args.img1 and args.img2):
@@ -181,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.cli import add_batch_arguments
 
     add_batch_arguments(p)
+    from .distributed.cli import add_ray_arguments
+
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("extract", help="save dense descriptors (and saliency) of images", epilog=EPILOG)
@@ -215,6 +222,7 @@ OPTIONAL_COMMANDS = (
     ("coseg", ".apps.cli", "add_coseg_arguments", "coseg_main", "co-segmentation: the common foreground of images"),
     ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),
     ("eval", ".apps.cli", "add_eval_arguments", "eval_main", "PCK evaluation (SPair-71k)"),
+    ("serve", ".serve.cli", "add_serve_arguments", "serve_main", "Triton model repository and server"),
 )
 
 

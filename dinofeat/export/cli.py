@@ -73,7 +73,7 @@ def export_main(args) -> int:
     from ..zoo import get_model_spec
     from . import cache
     from .model import Request, build_vit, check_request
-    from .onnx import get_onnx, output_shapes, save_onnx, tensorrt_op_table, tensorrt_unsupported_ops
+    from .onnx import copy_onnx, get_onnx, output_shapes, tensorrt_op_table, tensorrt_unsupported_ops
 
     quiet = bool(getattr(args, "quiet", False))
     height, width = parse_size(args.size)
@@ -96,10 +96,7 @@ def export_main(args) -> int:
                         variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)
     import onnx
 
-    if Path(str(path) + ".data").exists():  # external weights: re-save so the data file follows the new name
-        save_onnx(onnx.load(str(path)), out)
-    else:
-        cache.atomic_write_bytes(out, Path(path).read_bytes())
+    copy_onnx(path, out)
     model = onnx.load(str(out), load_external_data=False)
     rows, cols = vit.grid(height, width)
     shapes = output_shapes(vit, request, height, width)

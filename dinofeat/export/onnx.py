@@ -526,6 +526,15 @@ def get_onnx(vit: StridedViT, request: Request, height: int, width: int, *, prec
     return Path(manifest["paths"][name])
 
 
+def copy_onnx(src, dest) -> Path:
+    """Copy a (cached) ONNX file to `dest` atomically; external weights are re-saved to follow the new name."""
+    dest = Path(dest)
+    if Path(str(src) + ".data").exists():
+        onnx = _require_onnx()
+        return save_onnx(onnx.load(str(src)), dest)
+    return cache.atomic_write_bytes(dest, Path(src).read_bytes())
+
+
 def _say(progress: bool, msg: str) -> None:
     log.info(msg)
     if progress:
@@ -535,7 +544,8 @@ def _say(progress: bool, msg: str) -> None:
 
 
 __all__ = [
-    "EXPORTER_VERSION", "GraphCheckError", "GraphSpec", "INPUT_NAME", "OPSET", "check_graph", "export_onnx", "require_clean_graph",
-    "get_onnx", "graph_spec", "lower_to_opset17", "optimize_for_onnxruntime", "output_shapes", "save_onnx",
+    "EXPORTER_VERSION", "GraphCheckError", "GraphSpec", "INPUT_NAME", "OPSET", "check_graph", "copy_onnx", "export_onnx",
+    "get_onnx", "graph_spec", "lower_to_opset17", "optimize_for_onnxruntime", "output_shapes", "require_clean_graph",
+    "save_onnx",
     "tensorrt_op_table", "tensorrt_unsupported_ops", "weights_sha256",
 ]

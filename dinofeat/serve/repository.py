@@ -1,0 +1,237 @@
+"""`write_repository`: a Triton model repository for one (model, stride, input size, outputs).
+
+    MODEL_REPO/
+      dinofeat_vit/    config.pbtxt + 1/model.onnx (onnxruntime) | 1/model.plan (tensorrt) | 1/model.py (python)
+      dinofeat_match/  config.pbtxt + 1/model.py   log-bin + Best Buddies + foreground filter + selection
+      dinofeat_pair/   config.pbtxt + 1/           ensemble: (image1, image2) -> every `Correspondences` field
+
+Every `config.pbtxt` is rendered from `RepositoryOptions` (`pbtxt.render`) and parsed back with Triton's own
+`ModelConfig` message before it is written. The Python models are two-line `model.py` files importing
+`dinofeat.serve.triton_models`, so the server's Python needs dinofeat installed (NVIDIA's container: pip install).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from . import wire
+from .pbtxt import Enum, check_config, render
+
+VIT, MATCH, PAIR = "dinofeat_vit", "dinofeat_match", "dinofeat_pair"
+BACKENDS = ("onnxruntime", "tensorrt", "python")
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+PARAMETER = "dinofeat"  # config.pbtxt parameter holding the options as JSON (models and client read it)
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """Everything a repository is made from (the defaults of `dinofeat serve triton-repo`)."""
+
+    model: str = "dino_vits8"       # zoo name (dinofeat/zoo.py)
+    stride: int = 4                  # patch-embedding stride
+    weights: str | None = None       # checkpoint file; None: the cached official file (downloaded if missing)
+    layers: tuple[int, ...] = (9,)   # blocks whose facet dinofeat_vit outputs
+    facet: str = "key"               # key | query | value | token
+    height: int = 224                # input size of the repository: the client resizes every image to it
+    width: int = 224
+    backend: str = "onnxruntime"     # dinofeat_vit's Triton backend: onnxruntime | tensorrt | python
+    precision: str = "fp32"          # exported graph precision (fp16: TensorRT 11 / ORT CUDA)
+    max_batch: int = 8               # dinofeat_vit max_batch_size; the dynamic batcher fills batches up to it
+    queue_delay_us: int = 2000       # dynamic batching: longest wait for a fuller batch, microseconds
+    instance_kind: str = "auto"      # auto (GPU where Triton sees one, else CPU) | cpu | gpu
+    instances: int = 1               # model instances per device (per GPU, or on the CPU)
+    num_pairs: int = 10              # pairs returned (k-means clusters), as find_correspondences
+    thresh: float = 0.05             # saliency threshold of the foreground
+    bin: bool = True                 # log-bin the descriptors before Best Buddies
+
+    def outputs(self) -> list[str]:
+        """dinofeat_vit's outputs: one per layer (`key9`, ...) then `saliency`."""
+        from ..export.model import output_name
+
+        return [output_name(layer, self.facet) for layer in dict.fromkeys(self.layers)] + ["saliency"]
+
+
+def check_options(o: RepositoryOptions) -> None:
+    from ..export.model import check_request
+    from ..zoo import get_model_spec
+
+    if o.backend not in BACKENDS:
+        raise InputError(f"backend={o.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if o.instance_kind not in INSTANCE_KINDS:
+        raise InputError(f"instance_kind={o.instance_kind!r}: choose one of {', '.join(INSTANCE_KINDS)}")
+    for name in ("max_batch", "instances", "num_pairs"):
+        v = getattr(o, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name}={v!r}: expected an int >= 1")
+    if isinstance(o.queue_delay_us, bool) or not isinstance(o.queue_delay_us, int) or o.queue_delay_us < 0:
+        raise InputError(f"queue_delay_us={o.queue_delay_us!r}: expected an int >= 0")
+    spec = get_model_spec(o.model)
+    p = spec.patch_size
+    if isinstance(o.stride, bool) or not isinstance(o.stride, int) or o.stride < 1 or p % o.stride:
+        raise InputError(f"stride={o.stride!r}: must be a positive int dividing the patch size {p} of {spec.name}")
+    for name in ("height", "width"):
+        v = getattr(o, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < p:
+            raise InputError(f"{name}={v!r}: expected an int >= the patch size {p}")
+    check_request(spec, list(o.layers), o.facet)
+
+
+def num_patches(o: RepositoryOptions) -> tuple[int, int]:
+    from ..zoo import get_model_spec
+
+    p = get_model_spec(o.model).patch_size
+    return 1 + (o.height - p) // o.stride, 1 + (o.width - p) // o.stride
+
+
+def _instance_group(o: RepositoryOptions) -> list[dict]:
+    return [{"count": o.instances, "kind": Enum(INSTANCE_KINDS[o.instance_kind])}]
+
+
+def _parameters(o: RepositoryOptions, extra: dict | None = None) -> list[dict]:
+    # the weights' origin stays on this machine; num_patches saves the models and the client the arithmetic
+    blob = dict(dataclasses.asdict(o), weights=None, num_patches=list(num_patches(o)), **(extra or {}))
+    return [{"key": PARAMETER, "value": {"string_value": json.dumps(blob, sort_keys=True)}}]
+
+
+def _vit_io(o: RepositoryOptions, embed_dim: int) -> tuple[list[dict], list[dict]]:
+    hp, wp = num_patches(o)
+    t = hp * wp
+    inputs = [{"name": "images", "data_type": Enum("TYPE_FP32"), "dims": [3, o.height, o.width]}]
+    outputs = [{"name": name, "data_type": Enum("TYPE_FP32"), "dims": [t, embed_dim] if name != "saliency" else [t]}
+               for name in o.outputs()]
+    return inputs, outputs
+
+
+def vit_config(o: RepositoryOptions, embed_dim: int, extra: dict | None = None) -> dict:
+    inputs, outputs = _vit_io(o, embed_dim)
+    preferred = sorted({b for b in (o.max_batch // 2, o.max_batch) if b >= 1})
+    return {
+        "name": VIT, "backend": o.backend, "max_batch_size": o.max_batch, "input": inputs, "output": outputs,
+        "dynamic_batching": {"preferred_batch_size": preferred, "max_queue_delay_microseconds": o.queue_delay_us},
+        "instance_group": _instance_group(o), "parameters": _parameters(o, extra),
+    }
+
+
+def match_config(o: RepositoryOptions, embed_dim: int) -> dict:
+    _, vit_outputs = _vit_io(o, embed_dim)
+    t = num_patches(o)[0] * num_patches(o)[1]
+    inputs = [dict(out, name=f"{out['name']}_{i}") for i in (1, 2) for out in vit_outputs]
+    outputs = [{"name": name, "data_type": Enum(dtype), "dims": wire.dims(dims, t)}
+               for name, dtype, _, dims in wire.FIELDS]
+    return {"name": MATCH, "backend": "python", "max_batch_size": 1, "input": inputs, "output": outputs,
+            "instance_group": _instance_group(o), "parameters": _parameters(o)}
+
+
+def pair_config(o: RepositoryOptions, embed_dim: int) -> dict:
+    match = match_config(o, embed_dim)
+    _, vit_outputs = _vit_io(o, embed_dim)
+    images = [{"name": f"image{i}", "data_type": Enum("TYPE_FP32"), "dims": [3, o.height, o.width]} for i in (1, 2)]
+    saliency = [dict(out, name=f"saliency_{i}") for i in (1, 2) for out in vit_outputs if out["name"] == "saliency"]
+    steps = [{"model_name": VIT, "model_version": -1,
+              "input_map": [{"key": "images", "value": f"image{i}"}],
+              "output_map": [{"key": out["name"], "value": f"{out['name']}_{i}"} for out in vit_outputs]}
+             for i in (1, 2)]
+    steps.append({"model_name": MATCH, "model_version": -1,
+                  "input_map": [{"key": inp["name"], "value": inp["name"]} for inp in match["input"]],
+                  "output_map": [{"key": out["name"], "value": out["name"]} for out in match["output"]]})
+    return {"name": PAIR, "platform": "ensemble", "max_batch_size": 1, "input": images,
+            "output": match["output"] + saliency, "ensemble_scheduling": {"step": steps},
+            "parameters": _parameters(o)}
+
+
+PYTHON_MODEL = '''"""Generated by `dinofeat serve triton-repo`; the model lives in the installed dinofeat package."""
+
+from dinofeat.serve.triton_models import {cls} as TritonPythonModel  # noqa: F401
+'''
+
+
+def write_repository(out, options: RepositoryOptions | None = None, *, overwrite: bool = False,
+                     progress: bool = False) -> Path:
+    """Write the model repository to `out` (a new or empty directory; `overwrite` replaces an existing one).
+
+    The directory appears whole or not at all (built beside it, then renamed). Returns its path.
+    """
+    o = options or RepositoryOptions()
+    check_options(o)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise InputError(f"--out {str(out)!r} exists and is not an empty directory; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _fill(tmp, o, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fill(root: Path, o: RepositoryOptions, progress: bool) -> None:
+    import torch
+
+    from ..export.model import Request, build_vit
+    from ..weights import load_weights
+    from ..zoo import get_model_spec
+
+    spec = get_model_spec(o.model)
+    loaded = load_weights(spec, o.weights, progress=progress)
+    vit_dir = root / VIT / "1"
+    vit_dir.mkdir(parents=True)
+    extra = {"weights_sha256": loaded.sha256}
+    if o.backend == "python":
+        torch.save(loaded.state_dict, vit_dir / "weights.pth")
+        (vit_dir / "model.py").write_text(PYTHON_MODEL.format(cls="VitModel"))
+        extra["weights_file"] = "weights.pth"
+    else:
+        vit = build_vit(spec, o.stride, loaded)  # the checkpoint's RoPE periods, as the torch backend
+        request = Request(facets=tuple((layer, o.facet) for layer in dict.fromkeys(o.layers)), saliency=True)
+        with torch.no_grad():
+            _write_graph(vit_dir, vit, request, o, loaded.sha256, progress)
+    configs = {VIT: vit_config(o, spec.embed_dim, extra), MATCH: match_config(o, spec.embed_dim),
+               PAIR: pair_config(o, spec.embed_dim)}
+    for name in (MATCH, PAIR):
+        (root / name / "1").mkdir(parents=True)
+    (root / MATCH / "1" / "model.py").write_text(PYTHON_MODEL.format(cls="MatchModel"))
+    for name, config in configs.items():
+        text = render(config)
+        check_config(text)
+        (root / name / "config.pbtxt").write_text(text)
+
+
+def _write_graph(vit_dir: Path, vit, request, o: RepositoryOptions, weights_id: str, progress: bool) -> None:
+    from ..export.onnx import copy_onnx, get_onnx
+
+    if o.backend == "onnxruntime":
+        path = get_onnx(vit, request, o.height, o.width, precision=o.precision, weights_id=weights_id,
+                        progress=progress)
+        copy_onnx(path, vit_dir / "model.onnx")
+        return
+    import argparse
+
+    from ..export.cli import _export_engine
+
+    args = argparse.Namespace(precision=o.precision, strongly_typed=None, opt_batch=1, max_batch=o.max_batch,
+                              cache_dir=None, tensorrt_engine=str(vit_dir / "model.plan"))
+    _export_engine(args, vit, request, o.height, o.width, weights_id, not progress)
+
+
+def read_options(parameters: dict) -> dict:
+    """The options blob of a model's config (`parameters` as Triton's JSON config gives them)."""
+    try:
+        return json.loads(parameters[PARAMETER]["string_value"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"model config has no valid {PARAMETER!r} parameter ({e}); was the repository made by "
+                         "`dinofeat serve triton-repo`?") from None
+
+
+__all__ = ["BACKENDS", "MATCH", "PAIR", "VIT", "RepositoryOptions", "check_options", "match_config",
+           "num_patches", "pair_config", "read_options", "vit_config", "write_repository"]

@@ -1,0 +1,104 @@
+"""Triton serving: generated configs parse as Triton's ModelConfig; a real server answers like find_correspondences.
+
+The round trip runs the `nvidia-pytriton` wheel's bundled Triton 2.51 server (Python backend) installed outside the
+venv (`.ci/run` installs it into $DINOFEAT_TRITON_HOME); ONNX Runtime / TensorRT models need NVIDIA's container, so
+their configs are checked with Triton's own config message here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from testutil import GOLDEN
+
+from dinofeat.errors import BackendUnavailableError, InputError
+from dinofeat.serve import pbtxt, repository
+from dinofeat.serve.repository import RepositoryOptions
+
+SIZE = 64  # small repository size: the server test stays quick on 2 cores
+
+
+def test_onnxruntime_configs_parse_with_tritons_message_and_match_the_export():
+    from dinofeat.export.model import Request, StridedViT
+    from dinofeat.export.onnx import INPUT_NAME, output_shapes
+    from dinofeat.zoo import get_model_spec
+
+    o = RepositoryOptions(layers=(9, 11), height=64, width=96, max_batch=16, instance_kind="gpu", instances=2)
+    vit = repository.vit_config(o, 384)
+    parsed = pbtxt.check_config(pbtxt.render(vit))
+    assert parsed.backend == "onnxruntime" and parsed.max_batch_size == 16
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == o.queue_delay_us
+    assert parsed.instance_group[0].count == 2 and parsed.instance_group[0].kind == 1  # KIND_GPU
+    spec = get_model_spec("dino_vits8")
+    import torch
+
+    with torch.device("meta"):
+        model = StridedViT(spec, 4)
+    shapes = output_shapes(model, Request(facets=((9, "key"), (11, "key")), saliency=True), 64, 96)
+    assert [i.name for i in parsed.input] == [INPUT_NAME] and list(parsed.input[0].dims) == [3, 64, 96]
+    assert {t.name: tuple(t.dims) for t in parsed.output} == shapes
+    pair = pbtxt.check_config(pbtxt.render(repository.pair_config(o, 384)))
+    assert pair.platform == "ensemble" and len(pair.ensemble_scheduling.step) == 3
+    match = pbtxt.check_config(pbtxt.render(repository.match_config(o, 384)))
+    assert {t.name for t in match.input} == {"key9_1", "key11_1", "saliency_1", "key9_2", "key11_2", "saliency_2"}
+    with pytest.raises(InputError, match="ModelConfig"):
+        pbtxt.check_config('name: "x"\nmax_batch: 3\n')
+
+
+def test_bad_options_and_missing_backend_are_clear(tmp_path, capsys):
+    from dinofeat.cli import main
+
+    with pytest.raises(InputError, match="backend='tensorflow'"):
+        repository.write_repository(tmp_path / "r", RepositoryOptions(backend="tensorflow"))
+    assert not (tmp_path / "r").exists()
+    assert main(["serve", "triton-repo", "--out", str(tmp_path / "r"), "--size", "4x4"]) == 2
+    assert "height=4" in capsys.readouterr().err
+    # an ONNX Runtime repository cannot run on a server without that backend: say so and print the container line
+    ort = tmp_path / "ort" / repository.VIT
+    ort.mkdir(parents=True)
+    (ort / "config.pbtxt").write_text(pbtxt.render(repository.vit_config(RepositoryOptions(), 384)))
+    from dinofeat.serve.server import find_server
+
+    try:
+        find_server()
+    except BackendUnavailableError:
+        pytest.skip("no Triton server installed (see README, Scale out)")
+    assert main(["serve", "run", str(tmp_path / "ort")]) == 1
+    out = capsys.readouterr()
+    assert "onnxruntime" in out.err and "docker run --gpus all" in out.out
+
+
+def test_served_pair_equals_find_correspondences(tmp_path, vits8_weights_file):
+    """One real server: generated Python-backend repository, HTTP and gRPC clients, every field compared."""
+    import dinofeat
+    from dinofeat.serve import Client, TritonServer
+    from dinofeat.serve.server import find_server
+
+    try:
+        find_server()
+    except BackendUnavailableError as e:
+        pytest.skip(f"no Triton server installed: {e}")
+    repo = repository.write_repository(tmp_path / "repo", RepositoryOptions(
+        weights=str(vits8_weights_file), backend="python", height=SIZE, width=SIZE, max_batch=4))
+    a, b = GOLDEN / "img_a.png", GOLDEN / "img_b.png"
+    ref = dinofeat.find_correspondences(a, b, load_size=(SIZE, SIZE), weights=str(vits8_weights_file),
+                                        backend="torch", device="cpu")
+    with TritonServer(repo) as server:
+        server.wait_ready(timeout=240)
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            with Client(url, protocol=protocol) as client:
+                assert client.size == (SIZE, SIZE)
+                got = client.match(a, b)
+            assert len(got) == len(ref) > 0
+            expected, actual = ref.to_numpy(), got.to_numpy()
+            for name, value in expected.items():
+                if value.dtype.kind == "f":
+                    np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+                else:
+                    np.testing.assert_array_equal(actual[name], value, err_msg=name)
+        # a request the model cannot take is that request's error, and the server stays up
+        with Client(server.http_url) as client, pytest.raises(BackendUnavailableError, match="dinofeat_pair"):
+            bad = np.zeros((1, 3, SIZE, SIZE + 8), np.float32)
+            client.infer(bad, bad)
+        assert server.process.poll() is None
