@@ -1,8 +1,10 @@
 """Triton serving: generated configs parse as Triton's ModelConfig; a real server answers like find_correspondences.
 
-The round trip runs the `nvidia-pytriton` wheel's bundled Triton 2.51 server (Python backend) installed outside the
-venv (`.ci/run` installs it into $DINOFEAT_TRITON_HOME); ONNX Runtime / TensorRT models need NVIDIA's container, so
-their configs are checked with Triton's own config message here.
+The round trip runs the `nvidia-pytriton` wheel's bundled Triton 2.51 server (Python backend), kept outside the venv
+(it pins numpy<2) in `dinofeat.serve.server.triton_home()`; when it is missing there, the `server_binary` fixture
+installs it with the documented command (`install_command()`, one pip call from the package registry), so the README's
+set-up is all the suite needs. ONNX Runtime / TensorRT models need NVIDIA's container, so their configs are checked
+with Triton's own config message here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,25 @@ from dinofeat.serve import pbtxt, repository
 from dinofeat.serve.repository import RepositoryOptions
 
 SIZE = 64  # small repository size: the server test stays quick on 2 cores
+
+
+@pytest.fixture(scope="module")
+def server_binary():
+    """The bundled Triton server, installed into `triton_home()` with the documented command when missing."""
+    import shlex
+    import subprocess
+    import sys
+
+    from dinofeat.serve.server import find_server, install_command
+
+    try:
+        return find_server()
+    except BackendUnavailableError:
+        pass
+    cmd = shlex.split(install_command())
+    proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"installing the Triton server failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}"
+    return find_server()
 
 
 def test_onnxruntime_configs_parse_with_tritons_message_and_match_the_export():
@@ -46,7 +67,7 @@ def test_onnxruntime_configs_parse_with_tritons_message_and_match_the_export():
         pbtxt.check_config('name: "x"\nmax_batch: 3\n')
 
 
-def test_bad_options_and_missing_backend_are_clear(tmp_path, capsys):
+def test_bad_options_and_missing_backend_are_clear(tmp_path, capsys, server_binary):
     from dinofeat.cli import main
 
     with pytest.raises(InputError, match="backend='tensorflow'"):
@@ -58,27 +79,15 @@ def test_bad_options_and_missing_backend_are_clear(tmp_path, capsys):
     ort = tmp_path / "ort" / repository.VIT
     ort.mkdir(parents=True)
     (ort / "config.pbtxt").write_text(pbtxt.render(repository.vit_config(RepositoryOptions(), 384)))
-    from dinofeat.serve.server import find_server
-
-    try:
-        find_server()
-    except BackendUnavailableError:
-        pytest.skip("no Triton server installed (see README, Scale out)")
     assert main(["serve", "run", str(tmp_path / "ort")]) == 1
     out = capsys.readouterr()
     assert "onnxruntime" in out.err and "docker run --gpus all" in out.out
 
 
-def test_served_pair_equals_find_correspondences(tmp_path, vits8_weights_file):
+def test_served_pair_equals_find_correspondences(tmp_path, vits8_weights_file, server_binary):
     """One real server: generated Python-backend repository, HTTP and gRPC clients, every field compared."""
     import dinofeat
     from dinofeat.serve import Client, TritonServer
-    from dinofeat.serve.server import find_server
-
-    try:
-        find_server()
-    except BackendUnavailableError as e:
-        pytest.skip(f"no Triton server installed: {e}")
     repo = repository.write_repository(tmp_path / "repo", RepositoryOptions(
         weights=str(vits8_weights_file), backend="python", height=SIZE, width=SIZE, max_batch=4))
     a, b = GOLDEN / "img_a.png", GOLDEN / "img_b.png"
