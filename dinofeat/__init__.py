@@ -3,7 +3,7 @@
 from . import kernels
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
-from .errors import BackendUnavailableError, DinofeatError, InputError, WeightsError
+from .errors import BackendUnavailableError, DinofeatError, InputError, OutputError, WeightsError
 from .zoo import MODELS, ModelSpec, get_model_spec, list_models
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "Features",
     "InputError",
     "ModelSpec",
+    "OutputError",
     "WeightsError",
     "__version__",
     "find_correspondences",

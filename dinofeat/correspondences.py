@@ -123,6 +123,19 @@ def token_to_pixel(idx: np.ndarray, num_patches: tuple[int, int], stride: int, p
     return out
 
 
+def check_match_args(num_pairs, thresh) -> float:
+    """Validate `num_pairs` (int >= 1, not bool) and `thresh` (a number, not NaN); returns thresh as a float."""
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
+        raise InputError(f"num_pairs={num_pairs!r}: expected an int >= 1")
+    try:
+        value = float(thresh)
+    except (TypeError, ValueError):
+        raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
+    if np.isnan(value):
+        raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
+    return value
+
+
 def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, layer: int = 9, facet: str = "key",
                          bin: bool = True, thresh: float = 0.05, model: str = "dino_vits8", stride: int = 4,
                          weights=None, backend: str = "auto", device="auto", *, extractor=None,
@@ -143,14 +156,7 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     """
     from .engine.extractor import Extractor
 
-    if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
-        raise InputError(f"num_pairs={num_pairs!r}: expected an int >= 1")
-    try:
-        thresh = float(thresh)
-    except (TypeError, ValueError):
-        raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
-    if np.isnan(thresh):
-        raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
+    thresh = check_match_args(num_pairs, thresh)
     ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
                                 precision=precision, progress=progress)
     batch1, pil1 = ex.preprocess(image1, load_size)

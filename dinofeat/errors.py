@@ -20,3 +20,7 @@ class WeightsError(DinofeatError):
 
 class BackendUnavailableError(DinofeatError, RuntimeError):
     """A backend or kernel implementation needs a package or a device that is not present."""
+
+
+class OutputError(DinofeatError, OSError):
+    """An output file cannot be written (its directory cannot be created, no space, no permission)."""

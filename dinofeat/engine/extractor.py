@@ -8,6 +8,7 @@ import torch
 
 from ..errors import InputError
 from ..export.model import Request, StridedViT, check_request, output_name
+from ..limits import check_tokens
 from ..zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
@@ -99,7 +100,8 @@ class Extractor:
     def preprocess(self, image, load_size=224, *, exif_transpose: bool = True):
         """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image)."""
         _pre.check_load_size(load_size, self.spec.patch_size)
-        return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose)
+        return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose,
+                               grid=self.num_patches)
 
     def num_patches(self, height: int, width: int) -> tuple[int, int]:
         p, s = self.spec.patch_size, self.stride
@@ -111,6 +113,9 @@ class Extractor:
 
         Args:
             batch: (B, 3, H, W) float32, as `preprocess` returns (concatenate same-size images for B > 1).
+                A CPU batch holding NaN/Inf raises InputError; a CUDA batch is not checked (that would cost a host
+                sync): NaN then propagates into its descriptors and saliency. Non-contiguous batches are fine.
+                Above the token budget (`dinofeat.limits`, Hp * Wp > 40,000 by default) InputError.
         """
         from .. import kernels
 
@@ -144,4 +149,10 @@ class Extractor:
                              f"{self.spec.name}; use a larger load_size")
         if not batch.is_floating_point():
             raise InputError(f"batch: expected float32, got {batch.dtype}; use Extractor.preprocess")
-        return batch.float()
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        check_tokens(self.num_patches(height, width), (height, width), "batch")
+        if batch.device.type == "cpu" and not bool(torch.isfinite(batch.sum())) and not bool(
+                torch.isfinite(batch).all()):  # host inputs only: a device check would cost a host sync
+            raise InputError(f"batch: contains NaN or Inf ({int((~torch.isfinite(batch)).sum())} of "
+                             f"{batch.numel()} values); pass a finite (B, 3, H, W) batch from Extractor.preprocess")
+        return batch.float().contiguous()  # any memory layout gives the contiguous batch's exact result

@@ -66,6 +66,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(args) -> int:
     import torch
 
+    from ..viz import atomic_save, check_output_path
     from ..weights import load_weights
     from ..zoo import get_model_spec
     from . import cache
@@ -83,6 +84,7 @@ def export_main(args) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"-o/--output {str(out)!r}: expected a .onnx file name")
+    check_output_path(out, "-o/--output")
     if args.variant == "ort" and args.precision != "fp32":
         raise InputError("--variant ort is made from the fp32 graph; use --precision fp32")
 
@@ -98,7 +100,7 @@ def export_main(args) -> int:
     if Path(str(path) + ".data").exists():  # external weights: re-save so the data file follows the new name
         save_onnx(onnx.load(str(path)), out)
     else:
-        cache.atomic_write_bytes(out, Path(path).read_bytes())
+        atomic_save(out, lambda tmp: Path(tmp).write_bytes(Path(path).read_bytes()), "-o/--output")
     model = onnx.load(str(out), load_external_data=False)
     rows, cols = vit.grid(height, width)
     shapes = output_shapes(vit, request, height, width)
