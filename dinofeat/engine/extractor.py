@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,12 @@ def resolve_device(device) -> torch.device:
 class Extractor:
     """Dense descriptors from a strided DINO-family ViT.
 
+    Thread safety: one Extractor may be shared by any number of threads. `preprocess` and the torch backend's
+    `extract` run concurrently (no shared mutable state but a per-size position cache, filled idempotently);
+    the onnxruntime and tensorrt backends are serialised by a lock per Extractor (their per-size session /
+    engine caches and TensorRT execution contexts are not safe to share). Results equal serial runs
+    (tests/reliability/test_concurrency.py).
+
     Example:
         >>> ex = dinofeat.Extractor(model="dino_vits8", stride=4, weights="dino_deitsmall8_pretrain.pth")
         >>> batch, resized = ex.preprocess("cat.png", load_size=224)
@@ -84,6 +91,7 @@ class Extractor:
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
+        self._lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
@@ -122,7 +130,11 @@ class Extractor:
         batch = self._check_batch(batch)
         layers = check_request(self.spec, layer, facet)
         request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))
-        outputs = self.backend.run(batch, request)
+        if getattr(self.backend, "thread_safe", False):
+            outputs = self.backend.run(batch, request)
+        else:  # per-size session / engine caches and TensorRT execution contexts: one caller at a time
+            with self._lock:
+                outputs = self.backend.run(batch, request)
         height, width = int(batch.shape[-2]), int(batch.shape[-1])
         grid = self.num_patches(height, width)
         per_layer = {}

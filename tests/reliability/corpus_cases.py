@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -28,6 +29,16 @@ from dinofeat.testing import deterministic_weights
 from dinofeat.zoo import MODELS
 
 LOAD = 16  # load size of the corpus: a 3x3 .. 5x5 patch grid at stride 4, milliseconds per image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread (on a loaded 2-core machine every op otherwise waits ~30 ms at the
+    OpenMP barrier for a descheduled second thread). Restored afterwards. Import it into a test module to use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from corpus_cases import (
     animated_gif,
     cmyk_jpeg,
     exif_rotated,
+    one_torch_thread,  # noqa: F401 - autouse fixture
     palette_transparency,
     png16,
     png_header,
@@ -244,11 +245,49 @@ def test_limits_can_be_raised_by_environment(monkeypatch, extractor):
         current_limits()
 
 
+# ------------------------------------------------------------------------------------------------ corrupt caches
+def test_corrupt_cache_entries_are_rebuilt_not_used(tmp_path, extractor):
+    """A cached ONNX graph / TensorRT engine whose bytes changed fails its SHA-256: deleted, so rebuilt, never used.
+
+    The entries are the real keys `get_onnx` computes; the rebuild of a corrupted ONNX entry is exercised (once, an
+    export costs seconds) by `test_concurrency.py::test_processes_share_cache`."""
+    import warnings
+
+    from dinofeat.export import cache
+    from dinofeat.export.model import Request
+    from dinofeat.export.onnx import graph_spec
+
+    vit, req, sha = extractor.backend.model, Request(facets=((0, "key"),)), extractor.weights_sha256
+    # The entry get_onnx would look up (same key), holding a graph whose bytes were changed after it was stored.
+    spec = graph_spec(vit, req, 16, 16, "fp32", sha)
+    key = cache.make_key(spec.cache_fields("plain"))
+    name = f"dino_vits8_s4_16x16_fp32_plain_{key}.onnx"
+    cache.store(tmp_path / "onnx", key, {name: b"a graph"}, {"onnx": name})
+    (tmp_path / "onnx" / name).write_bytes(b"a grap\x00")
+    with pytest.warns(RuntimeWarning, match="fails its SHA-256") as rec:
+        assert cache.lookup(tmp_path / "onnx", key) is None  # get_onnx's first step: then it exports again
+    assert not (tmp_path / "onnx" / name).exists()
+    _record("corrupt_onnx_cache", "api", "rebuilt, not used (the rebuild itself, by 4 racing processes: "
+            "test_concurrency.py): RuntimeWarning: "
+            + str(rec[0].message).replace(str(tmp_path), "<tmp>").replace(key, "<key>"))
+    trt_dir = tmp_path / "trt"
+    cache.store(trt_dir, "k", {"m_k.engine": b"serialized engine"}, {"engine": "m_k.engine"})
+    (trt_dir / "m_k.engine").write_bytes(b"serialized engin\x00")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        assert cache.lookup(trt_dir, "k") is None  # what get_engine sees: it builds a new engine
+    assert not (trt_dir / "m_k.engine").exists() and not (trt_dir / "k.json").exists()
+    _record("corrupt_tensorrt_engine", "api", "rebuilt, not used (`get_engine`'s lookup): RuntimeWarning: "
+            + str(rec[0].message).replace(str(tmp_path), "<tmp>"))
+
+
 # ------------------------------------------------------------------------------------------------ README table
 EXTRA_ROWS = {  # kinds tested above outside the table: (group, given)
     "unreadable_file": ("image file", "PNG with mode 000 (read as an unprivileged user)"),
     "output_read_only_parent": ("output", "output directory under a mode-555 directory (unprivileged user)"),
     "full_disk": ("output", "write raising ENOSPC after some bytes (patched)"),
+    "corrupt_onnx_cache": ("cache", "cached ONNX graph whose bytes changed after it was stored"),
+    "corrupt_tensorrt_engine": ("cache", "cached TensorRT engine entry with changed bytes"),
 }
 
 
@@ -282,3 +321,19 @@ def test_readme_table_is_current():
         text = README.read_text()
     assert f"{BEGIN}\n{table}{END}" in text, "tests/reliability/README.md is stale: rerun with DINOFEAT_UPDATE_CORPUS=1"
     assert len(expected_kinds) >= 40
+
+
+@pytest.mark.gpu
+def test_device_inputs_are_not_checked_and_cost_no_host_sync():
+    """NaN/Inf in CUDA inputs: not checked (the check would synchronise); the documented behaviour."""
+    import torch
+
+    from dinofeat.kernels import _arrays
+
+    x = torch.full((4, 6), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _arrays.check_finite("desc", x)  # returns without a host sync (set_sync_debug_mode would raise)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

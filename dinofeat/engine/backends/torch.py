@@ -11,6 +11,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TorchBackend:
     name = "torch"
+    thread_safe = True  # inference_mode forwards share only read-only weights; `_pos` is filled idempotently
 
     def __init__(self, model: StridedViT, device: torch.device, precision: str = "fp32"):
         self.device = torch.device(device)
