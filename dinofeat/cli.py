@@ -85,7 +85,7 @@ def cmd_extract(args) -> int:
     ex = _extractor(args)
     tensors = {}
     for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=_no_bar(args))):
-        batch, _ = ex.preprocess(path, args.load_size)
+        batch, _ = ex.preprocess(path, args.load_size, name="IMG")
         f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
                        bin=args.bin, saliency=args.saliency)
         tensors[f"descriptors_{i}"] = f.descriptors[0].cpu().contiguous()

@@ -159,8 +159,8 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     thresh = check_match_args(num_pairs, thresh)
     ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
                                 precision=precision, progress=progress)
-    batch1, pil1 = ex.preprocess(image1, load_size)
-    batch2, pil2 = ex.preprocess(image2, load_size)
+    batch1, pil1 = ex.preprocess(image1, load_size, name="image1")
+    batch2, pil2 = ex.preprocess(image2, load_size, name="image2")
     f1 = ex.extract(batch1, layer=layer, facet=facet, bin=bin, saliency=True)
     f2 = ex.extract(batch2, layer=layer, facet=facet, bin=bin, saliency=True)
     d1, d2 = f1.descriptors[0], f2.descriptors[0]

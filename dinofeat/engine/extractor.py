@@ -105,11 +105,15 @@ class Extractor:
         return (f"Extractor(model={self.spec.name!r}, stride={self.stride}, backend={self.backend.name!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r})")
 
-    def preprocess(self, image, load_size=224, *, exif_transpose: bool = True):
-        """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image)."""
+    def preprocess(self, image, load_size=224, *, exif_transpose: bool = True, name: str = "image"):
+        """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image).
+
+        `name` is the argument named in errors. Above the pixel limit or the token budget (`dinofeat.limits`):
+        InputError, before the image is decoded / resized.
+        """
         _pre.check_load_size(load_size, self.spec.patch_size)
         return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose,
-                               grid=self.num_patches)
+                               name=name, grid=self.num_patches)
 
     def num_patches(self, height: int, width: int) -> tuple[int, int]:
         p, s = self.spec.patch_size, self.stride
