@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import OutputError
+from .export.cache import _FILE_MODE
 
 
 def pair_colors(n: int) -> list[tuple[int, int, int]]:
@@ -72,6 +73,7 @@ def atomic_save(path: str | os.PathLike, write, flag: str = "output") -> Path:
         raise OutputError(f"{flag} {str(path)!r}: cannot create the file or its directory ({e})") from None
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)  # what open() would give; mkstemp's 0600 would hide outputs from other users
         write(tmp)
         os.replace(tmp, path)
     except OSError as e:
