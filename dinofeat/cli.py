@@ -24,6 +24,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 
+def _precheck(args, layer) -> None:
+    """Arguments the model would reject, checked before it is loaded (seconds) or downloaded."""
+    from .engine.preprocess import check_load_size
+    from .export.model import check_request
+    from .zoo import get_model_spec
+
+    spec = get_model_spec(args.model)
+    check_request(spec, layer, args.facet)
+    check_load_size(args.load_size, spec.patch_size)
+
+
 def _extractor(args):
     from .engine.extractor import Extractor
 
@@ -34,7 +45,7 @@ def _extractor(args):
 def cmd_match(args) -> int:
     from tqdm import tqdm
 
-    from .correspondences import find_correspondences
+    from .correspondences import check_match_args, find_correspondences
     from .pipeline.cli import batch_main, is_batch
     from .viz import atomic_save, draw_correspondences
 
@@ -49,12 +60,12 @@ def cmd_match(args) -> int:
                             "with --out RESULTS.parquet")
     if args.out or args.resume:
         raise DinofeatError("--out/--resume: only with --pairs PAIRS.csv, DIR --all-pairs or QUERY DIR")
-    for name, path in (("IMG1", args.img1), ("IMG2", args.img2)):
-        if not Path(path).is_file():
-            raise DinofeatError(f"{name}: file not found: {path!r}")
     _check_suffix(args.output, (".png", ".jpg", ".jpeg"), "-o/--output")
     if args.save:
         _check_suffix(args.save, (".npz",), "--save")
+    check_match_args(args.num_pairs, args.thresh)
+    _precheck(args, args.layer)
+    _check_images((("IMG1", args.img1), ("IMG2", args.img2)))
     with tqdm(total=2, desc="dinofeat match", unit="step", disable=_no_bar(args)) as bar:
         bar.set_postfix_str("loading model")
         ex = _extractor(args)
@@ -65,15 +76,13 @@ def cmd_match(args) -> int:
                                     extractor=ex)
         bar.update()
     canvas = draw_correspondences(corr)
-    out = atomic_save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)))
+    out = atomic_save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)), "-o/--output")
     print(f"{len(corr)} pairs ({int(corr.bbs_mask.sum())} foreground best buddies); drawn to {out}")
     for k, (p1, p2) in enumerate(zip(corr.points1, corr.points2, strict=False)):
         print(f"  {k}: image1 (y={p1[0]}, x={p1[1]})  <->  image2 (y={p2[0]}, x={p2[1]})")
     if args.save:
-        import numpy as np
-
         arrays = corr.to_numpy()
-        path = atomic_save(args.save, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        path = atomic_save(args.save, lambda tmp: _savez(tmp, arrays), "--save")
         print(f"saved every field to {path}")
     return 0
 
@@ -83,13 +92,12 @@ def cmd_extract(args) -> int:
     from tqdm import tqdm
 
     _check_suffix(args.output, (".npz", ".safetensors"), "-o/--output")
-    for path in args.images:
-        if not Path(path).is_file():
-            raise DinofeatError(f"IMG: file not found: {path!r}")
+    _precheck(args, list(args.layer))
+    _check_images(("IMG", path) for path in args.images)
     ex = _extractor(args)
     tensors = {}
     for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=_no_bar(args))):
-        batch, _ = ex.preprocess(path, args.load_size)
+        batch, _ = ex.preprocess(path, args.load_size, name="IMG")
         f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
                        bin=args.bin, saliency=args.saliency)
         tensors[f"descriptors_{i}"] = f.descriptors[0].cpu().contiguous()
@@ -108,7 +116,7 @@ def cmd_extract(args) -> int:
     else:
         arrays = {k: v.numpy() for k, v in tensors.items()}
         arrays.update({f"meta_{k}": np.array(v) for k, v in meta.items()})
-        out = _atomic(args.output, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        out = _atomic(args.output, lambda tmp: _savez(tmp, arrays))
     shapes = ", ".join(f"{tuple(v.shape)}" for k, v in tensors.items() if k.startswith("descriptors"))
     print(f"{len(args.images)} image(s), descriptors {shapes}; saved to {out}")
     return 0
@@ -149,8 +157,29 @@ def _no_bar(args) -> bool | None:
 
 
 def _check_suffix(path: str, allowed: tuple[str, ...], flag: str) -> None:
+    """Check the output's suffix and (before any work is done) that its directory can be created and written."""
+    from .viz import check_output_path
+
     if not str(path).lower().endswith(allowed):
         raise DinofeatError(f"{flag} {path!r}: expected a file ending in {' or '.join(allowed)}")
+    check_output_path(path, flag)
+
+
+def _check_images(named_paths) -> None:
+    """Fail before loading the model: every image argument must be a readable image (decoded once here)."""
+    from .engine.preprocess import load_image
+
+    for name, path in named_paths:
+        if not Path(path).exists():
+            raise DinofeatError(f"{name}: file not found: {path!r}")
+        load_image(path, name=name)
+
+
+def _savez(tmp: str, arrays: dict) -> None:
+    import numpy as np
+
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _image_format(path: str) -> str:
@@ -160,11 +189,18 @@ def _image_format(path: str) -> str:
 def _atomic(path, write):
     from .viz import atomic_save
 
-    return atomic_save(path, write)
+    return atomic_save(path, write, "-o/--output")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`dinofeat match: error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dinofeat", description="Dense DINO-ViT descriptors and Best-Buddies "
+    parser = _Parser(prog="dinofeat", description="Dense DINO-ViT descriptors and Best-Buddies "
                                      "correspondences.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -240,6 +276,10 @@ def _add_optional_commands(sub) -> None:
         p.set_defaults(func=getattr(mod, run))
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _version() -> str:
     from . import __version__
 
@@ -255,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DinofeatError as e:
-        print(f"dinofeat {args.command}: error: {e}", file=sys.stderr)
+        print(f"dinofeat {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the boundary: a file system failure the command did not name itself
+        print(f"dinofeat {args.command}: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dinofeat: interrupted", file=sys.stderr)

@@ -25,3 +25,7 @@ class BackendUnavailableError(DinofeatError, RuntimeError):
 class BackendError(DinofeatError, RuntimeError):
     """A backend failed while running (engine build, shape binding, execution, CUDA-graph capture); the message
     carries the backend's own error text (e.g. the TensorRT log)."""
+
+
+class OutputError(DinofeatError, OSError):
+    """An output file cannot be written (its directory cannot be created, no space, no permission)."""

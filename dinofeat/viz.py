@@ -9,6 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import OutputError
+from .export.cache import _FILE_MODE
+
 
 def pair_colors(n: int) -> list[tuple[int, int, int]]:
     """n well-separated RGB colours (evenly spaced hues)."""
@@ -35,15 +38,48 @@ def draw_correspondences(corr, gap: int = 10) -> Image.Image:
     return canvas
 
 
-def atomic_save(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) on a temp file beside `path`, then rename it into place (never a half-written file)."""
+def check_output_path(path: str | os.PathLike, flag: str = "output") -> Path:
+    """Fail early (before any work) if `path`'s directory cannot be created or written; returns the Path.
+
+    A missing directory is fine (atomic_save creates it); a file in the way, a directory that is not writable or
+    an existing directory at `path` itself is an OutputError naming `flag`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} is a directory; pass a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {str(path)!r}: cannot create its directory, {str(parent)!r} is a file in the "
+                          "way; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {str(path)!r}: the directory {str(parent)!r} is not writable (permission "
+                          "denied); choose another path")
+    return path
+
+
+def atomic_save(path: str | os.PathLike, write, flag: str = "output") -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, then rename it into place (never a half-written file).
+
+    A missing directory is created. OSErrors (a file in the way, a read-only directory, a full disk) raise
+    OutputError naming `flag` and the path; the temp file is removed and an existing file at `path` survives.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{flag} {str(path)!r}: cannot create the file or its directory ({e})") from None
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)  # what open() would give; mkstemp's 0600 would hide outputs from other users
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{flag} {str(path)!r}: writing failed ({e}); nothing was written"
+                          + (", the previous file is unchanged" if path.exists() else "")) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

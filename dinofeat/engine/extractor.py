@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 from ..export.model import Request, build_vit, check_request, output_name
+from ..limits import check_tokens
 from ..zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
@@ -66,6 +68,12 @@ def _unshared(t: torch.Tensor, own_refs: int) -> bool:
 class Extractor:
     """Dense descriptors from a strided DINO-family ViT.
 
+    Thread safety: one Extractor may be shared by any number of threads. `preprocess` and the torch backend's
+    `extract` run concurrently (no shared mutable state but a per-size position cache, filled idempotently);
+    the onnxruntime and tensorrt backends are serialised by a lock per Extractor (their per-size session /
+    engine caches and TensorRT execution contexts are not safe to share). Results equal serial runs
+    (tests/reliability/test_concurrency.py).
+
     Example:
         >>> ex = dinofeat.Extractor(model="dino_vits8", stride=4, weights="dino_deitsmall8_pretrain.pth")
         >>> batch, resized = ex.preprocess("cat.png", load_size=224)
@@ -101,6 +109,7 @@ class Extractor:
         self.weights_source = loaded.source
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
+        self._lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
@@ -114,10 +123,15 @@ class Extractor:
         return (f"Extractor(model={self.spec.name!r}, stride={self.stride}, backend={self.backend.name!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r})")
 
-    def preprocess(self, image, load_size=224, *, exif_transpose: bool = True):
-        """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image)."""
+    def preprocess(self, image, load_size=224, *, exif_transpose: bool = True, name: str = "image"):
+        """Image (path | PIL | HxWx3 uint8 array) -> ((1, 3, H, W) float32 tensor, resized PIL image).
+
+        `name` is the argument named in errors. Above the pixel limit or the token budget (`dinofeat.limits`):
+        InputError, before the image is decoded / resized.
+        """
         _pre.check_load_size(load_size, self.spec.patch_size)
-        return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose)
+        return _pre.preprocess(image, load_size, self.spec.mean, self.spec.std, exif_transpose=exif_transpose,
+                               name=name, grid=self.num_patches)
 
     def num_patches(self, height: int, width: int) -> tuple[int, int]:
         p, s = self.spec.patch_size, self.stride
@@ -129,12 +143,19 @@ class Extractor:
 
         Args:
             batch: (B, 3, H, W) float32, as `preprocess` returns (concatenate same-size images for B > 1).
+                A CPU batch holding NaN/Inf raises InputError; a CUDA batch is not checked (that would cost a host
+                sync): NaN then propagates into its descriptors and saliency. Non-contiguous batches are fine.
+                Above the token budget (`dinofeat.limits`, Hp * Wp > 40,000 by default) InputError.
         """
 
         batch = self._check_batch(batch)
         layers = check_request(self.spec, layer, facet)
         request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))
-        outputs = self.backend.run(batch, request)
+        if getattr(self.backend, "thread_safe", False):
+            outputs = self.backend.run(batch, request)
+        else:  # per-size session / engine caches and TensorRT execution contexts: one caller at a time
+            with self._lock:
+                outputs = self.backend.run(batch, request)
         height, width = int(batch.shape[-2]), int(batch.shape[-1])
         grid = self.num_patches(height, width)
         per_layer = {}
@@ -152,11 +173,12 @@ class Extractor:
 
         shape = (*desc.shape[:-1], desc.shape[-1] * (1 + 8 * hierarchy))
         key = (slot, shape, desc.dtype, desc.device)
-        buf = self._bin_buffers.get(key)
-        if buf is None or not _unshared(buf, own_refs=2):  # the dict's reference and `buf`
-            buf = torch.empty(shape, dtype=desc.dtype, device=desc.device)
-            self._bin_buffers = {k: v for k, v in self._bin_buffers.items() if k[0] != slot}  # one per slot
-            self._bin_buffers[key] = buf
+        with self._lock:  # threads sharing this Extractor never pick the same buffer
+            buf = self._bin_buffers.get(key)
+            if buf is None or not _unshared(buf, own_refs=2):  # the dict's reference and `buf`
+                buf = torch.empty(shape, dtype=desc.dtype, device=desc.device)
+                self._bin_buffers = {k: v for k, v in self._bin_buffers.items() if k[0] != slot}  # one per slot
+                self._bin_buffers[key] = buf
         return kernels.log_bin(desc, grid, hierarchy=hierarchy, out=buf)
 
     def _check_batch(self, batch) -> torch.Tensor:
@@ -175,4 +197,10 @@ class Extractor:
                              f"{self.spec.name}; use a larger load_size")
         if not batch.is_floating_point():
             raise InputError(f"batch: expected float32, got {batch.dtype}; use Extractor.preprocess")
-        return batch.float()
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        check_tokens(self.num_patches(height, width), (height, width), "batch")
+        if batch.device.type == "cpu" and not bool(torch.isfinite(batch.sum())) and not bool(
+                torch.isfinite(batch).all()):  # host inputs only: a device check would cost a host sync
+            raise InputError(f"batch: contains NaN or Inf ({int((~torch.isfinite(batch)).sum())} of "
+                             f"{batch.numel()} values); pass a finite (B, 3, H, W) batch from Extractor.preprocess")
+        return batch.float().contiguous()  # any memory layout gives the contiguous batch's exact result

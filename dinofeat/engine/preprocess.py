@@ -7,6 +7,7 @@ size already matches; ToTensor (/255, float32); Normalize (subtract mean, divide
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
+from ..limits import check_pixels, check_tokens, current_limits, pixel_limit_message
 
 ImageLike = "str | os.PathLike | PIL.Image.Image | numpy.ndarray"
 
@@ -34,15 +36,22 @@ def load_image(image, *, exif_transpose: bool = True, name: str = "image") -> Im
             raise InputError(f"{name}: {str(path)!r} is a directory, not an image file")
         try:
             with Image.open(path) as im:
+                check_pixels(im.width, im.height, name)  # header only: nothing decoded yet
                 im.load()
                 pil = im.copy() if not exif_transpose else ImageOps.exif_transpose(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except InputError:
+            raise
+        except Image.DecompressionBombError as e:  # above Pillow's own hard limit, refused at open
+            raise InputError(pixel_limit_message(name, f"{str(path)!r} ({e})", current_limits().max_image_pixels)) \
+                from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             raise InputError(
                 f"{name}: cannot read {str(path)!r} as an image ({type(e).__name__}: {e}); "
                 "pass a PNG/JPEG/... file, a PIL image or an HxWx3 uint8 array"
             ) from None
         return _to_rgb8(pil)
     if isinstance(image, Image.Image):
+        check_pixels(image.width, image.height, name)
         pil = ImageOps.exif_transpose(image) if exif_transpose else image
         return _to_rgb8(pil)
     if isinstance(image, np.ndarray):
@@ -78,6 +87,7 @@ def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{name}: empty image of shape {tuple(arr.shape)}")
+    check_pixels(arr.shape[1], arr.shape[0], name)
     if arr.dtype == np.uint16:
         arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
     elif arr.dtype != np.uint8:
@@ -119,10 +129,18 @@ def check_load_size(load_size, min_side: int) -> None:
             )
 
 
-def preprocess(image, load_size, mean, std, *, exif_transpose: bool = True, name: str = "image"):
-    """Image -> ((1, 3, H, W) float32 tensor, resized RGB PIL image)."""
+def preprocess(image, load_size, mean, std, *, exif_transpose: bool = True, name: str = "image", grid=None):
+    """Image -> ((1, 3, H, W) float32 tensor, resized RGB PIL image).
+
+    grid: optional (height, width) -> (Hp, Wp) of the model; the token budget (`dinofeat.limits`) is then checked
+    on the resized size before resizing.
+    """
     pil = load_image(image, exif_transpose=exif_transpose, name=name)
     new_w, new_h = resized_size(pil.width, pil.height, load_size)
+    if grid is not None:
+        check_tokens(grid(new_h, new_w), (new_h, new_w), name,
+                     f" (a {pil.width}x{pil.height} image with load_size={load_size!r}: the shorter side is resized "
+                     "to load_size, the longer in proportion)")
     if (new_w, new_h) != (pil.width, pil.height):
         pil = pil.resize((new_w, new_h), Image.LANCZOS)
     arr = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy())  # (H, W, 3)

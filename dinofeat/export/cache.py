@@ -12,6 +12,7 @@ Cache root: `dinofeat.weights.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOM
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,6 +85,30 @@ def atomic_move(src, dst) -> Path:
     dst = Path(dst)
     os.replace(src, dst)
     return dst
+
+
+@contextlib.contextmanager
+def entry_lock(directory, key: str):
+    """Hold an exclusive lock on entry `key` across processes (POSIX `flock` on ``.<key>.lock``).
+
+    Callers wrap lookup + build + store in it, so N processes asking for the same missing entry build it once:
+    the first builds, the others wait and then find it. The lock file stays (removing it would race); it is
+    hidden and empty. Where `fcntl` is missing (Windows) there is no lock: the atomic renames still guarantee
+    whole files, the entry may just be built more than once.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / f".{key}.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def entry_paths(directory, key: str, suffixes) -> dict[str, Path]:

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX×,]\s*(\d+))?\s*$")
 
@@ -69,6 +69,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(args) -> int:
     import torch
 
+    from ..viz import atomic_save, check_output_path
     from ..weights import load_weights
     from ..zoo import get_model_spec
     from . import cache
@@ -86,6 +87,7 @@ def export_main(args) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"-o/--output {str(out)!r}: expected a .onnx file name")
+    check_output_path(out, "-o/--output")
     if args.variant == "ort" and args.precision != "fp32":
         raise InputError("--variant ort is made from the fp32 graph; use --precision fp32")
 
@@ -96,7 +98,10 @@ def export_main(args) -> int:
                         variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)
     import onnx
 
-    copy_onnx(path, out)
+    try:
+        copy_onnx(path, out)
+    except OSError as e:
+        raise OutputError(f"-o/--output {str(out)!r}: writing failed ({e}); nothing was written") from None
     model = onnx.load(str(out), load_external_data=False)
     rows, cols = vit.grid(height, width)
     shapes = output_shapes(vit, request, height, width)

@@ -419,7 +419,7 @@ def check_request(spec: ModelSpec, layers, facet: str) -> tuple[int, ...]:
 
     if facet not in FACETS:
         raise InputError(f"facet={facet!r} is not supported; choose one of {', '.join(FACETS)}")
-    seq = (layers,) if isinstance(layers, int) else tuple(layers)
+    seq = tuple(layers) if isinstance(layers, (list, tuple, range)) else (layers,)
     out = []
     for layer in seq:
         if not isinstance(layer, int) or isinstance(layer, bool) or not -spec.depth <= layer < spec.depth:

@@ -506,6 +506,14 @@ def get_onnx(vit: StridedViT, request: Request, height: int, width: int, *, prec
     directory = cache.cache_subdir("onnx", cache_dir)
     key = cache.make_key(spec.cache_fields(variant))
     name = f"{spec.model}_s{spec.stride}_{spec.height}x{spec.width}_{precision}_{variant}_{key}.onnx"
+    with cache.entry_lock(directory, key):  # one build per key, also across processes
+        return _get_or_build(vit, request, height, width, spec, directory, key, name, precision=precision,
+                             weights_id=weights_id, variant=variant, cache_dir=cache_dir, verify=verify,
+                             progress=progress)
+
+
+def _get_or_build(vit, request, height, width, spec, directory, key, name, *, precision, weights_id, variant,
+                  cache_dir, verify, progress) -> Path:
     found = cache.lookup(directory, key)
     if found is not None:
         return Path(found["paths"][found["meta"]["onnx"]])

@@ -302,6 +302,14 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
     directory = cache.cache_subdir("trt", cache_dir)
     key = cache.make_key(fields)
     name = f"{Path(onnx_path).stem}_{key}.engine"
+    with cache.entry_lock(directory, key):  # one build per key, also across processes
+        return _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, precision=precision,
+                                    profile=profile, height=height, width=width, strongly_typed=strongly_typed,
+                                    progress=progress, opt_level=opt_level, workspace_bytes=workspace_bytes)
+
+
+def _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, *, precision, profile, height,
+                         width, strongly_typed, progress, opt_level, workspace_bytes):
     found = cache.lookup(directory, key)
     if found is not None:
         problems = check_engine_meta(found["meta"], fields)

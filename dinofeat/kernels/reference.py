@@ -79,7 +79,7 @@ def log_bin(
     offsets = bin_offsets(hierarchy)
     nb = len(offsets)
     maps = desc.to(torch.float32).reshape(b, hp, wp, c)
-    levels = [box_average(maps, k) for k in range(hierarchy)] if t else [maps] * hierarchy
+    levels = [box_average(maps, k) for k in range(hierarchy)] if b * t * c else [maps] * hierarchy
     out = torch.empty((b, hp, wp, nb, c), dtype=torch.float32, device=desc.device)
     ys = torch.arange(hp, device=desc.device)
     xs = torch.arange(wp, device=desc.device)

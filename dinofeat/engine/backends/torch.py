@@ -32,6 +32,7 @@ def tf32_mode(enabled: bool):
 
 class TorchBackend:
     name = "torch"
+    thread_safe = True  # inference_mode forwards share only read-only weights; `_pos` is filled idempotently
 
     def __init__(self, model: StridedViT, device: torch.device, precision: str = "fp32"):
         self.device = torch.device(device)
