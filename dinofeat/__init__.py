@@ -4,7 +4,14 @@ from . import kernels
 from .apps import CosegResult, PartsResult, PcaResult, cosegment, part_cosegment, pca
 from .correspondences import Correspondences, find_correspondences
 from .engine.extractor import Extractor, Features
-from .errors import BackendError, BackendUnavailableError, DinofeatError, InputError, OutputError, WeightsError
+from .errors import (
+    BackendError,
+    BackendUnavailableError,
+    DinofeatError,
+    InputError,
+    OutputError,
+    WeightsError,
+)
 from .pipeline import Matcher, PairResult
 from .zoo import MODELS, ModelSpec, get_model_spec, list_models
 

@@ -69,7 +69,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(args) -> int:
     import torch
 
-    from ..viz import atomic_save, check_output_path
+    from ..viz import check_output_path
     from ..weights import load_weights
     from ..zoo import get_model_spec
     from . import cache

@@ -305,11 +305,12 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
     with cache.entry_lock(directory, key):  # one build per key, also across processes
         return _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, precision=precision,
                                     profile=profile, height=height, width=width, strongly_typed=strongly_typed,
-                                    progress=progress, opt_level=opt_level, workspace_bytes=workspace_bytes)
+                                    progress=progress, opt_level=opt_level, workspace_bytes=workspace_bytes,
+                                    logger=logger)
 
 
 def _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, *, precision, profile, height,
-                         width, strongly_typed, progress, opt_level, workspace_bytes):
+                         width, strongly_typed, progress, opt_level, workspace_bytes, logger=None):
     found = cache.lookup(directory, key)
     if found is not None:
         problems = check_engine_meta(found["meta"], fields)
