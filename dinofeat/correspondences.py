@@ -191,8 +191,8 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
                                 precision=precision, progress=progress)
     views = []
-    for image in (image1, image2):
-        batch, pil = ex.preprocess(image, load_size)
+    for name, image in (("image1", image1), ("image2", image2)):
+        batch, pil = ex.preprocess(image, load_size, name=name)
         f = ex.extract(batch, layer=layer, facet=facet, bin=False, saliency=True)
         views.append(view_of(f, 0, layer, pil))
     return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
