@@ -89,6 +89,7 @@ def _child(args) -> dict:
     distinct = len({x for pair in pairs for x in pair})  # images/s: distinct images of the pairs per second
     out.update(wall_s=wall, pairs_per_s=len(pairs) / wall, images_per_s=distinct / wall,
                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, points=points,
+               cpu_s=sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
                loadavg_end=list(os.getloadavg()))
     return out
 
@@ -130,7 +131,10 @@ def plot(res: dict, path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].bar(modes, [res["modes"][m]["pairs_per_s"] for m in modes], color="tab:blue")
     ax[0].set_ylabel("pairs / s")
-    ax[0].set_title(f"workload M, load {res['load_size']} ({res['environment'].get('cpu', 'CPU')})", fontsize=8)
+    cpu = res["environment"].get("cpu") or {}
+    machine = f"{cpu.get('name', 'CPU')}, {cpu.get('logical cores', '?')} cores" if isinstance(cpu, dict) else cpu
+    load = ", ".join(f"{v:.1f}" for v in res["loadavg_start"])
+    ax[0].set_title(f"workload M, load size {res['load_size']} ({machine}; load avg {load})", fontsize=8)
     ax[1].bar(modes, [res["modes"][m]["peak_rss_bytes"] / 2**30 for m in modes], color="tab:orange")
     ax[1].set_ylabel("peak RSS (GiB)")
     for a in ax:
@@ -187,6 +191,8 @@ def main(argv=None) -> int:
             if name != "naive" and "points" in m:
                 m["vs_naive"] = compare(ref, m["points"])
                 m["speedup_vs_naive"] = m["pairs_per_s"] / naive_pps
+    if "points" in modes.get("cold", {}) and "points" in modes.get("warm", {}):
+        modes["warm"]["vs_cold"] = compare(modes["cold"]["points"], modes["warm"]["points"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"many_pairs_{ns.load_size}.json"
     out.write_text(json.dumps(res, indent=1, default=str))
