@@ -204,20 +204,21 @@ def main(argv=None) -> int:
 
 def markdown(res: dict) -> str:
     """The README table of one run."""
-    lines = ["| mode | pairs | wall | pairs/s | images/s | forwards | decode / forward / match (s) | peak RSS | "
-             "vs naive | points identical to naive |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | pairs | wall | pairs/s | images/s | forwards | decode / forward / match (s) | CPU s / pair | "
+             "peak RSS | vs naive | points identical to naive |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in res["modes"].items():
         if "skipped" in m:
-            lines.append(f"| {name} | skipped: {m['skipped'][:80]} |||||||||")
+            lines.append(f"| {name} | skipped: {m['skipped'][:80]} ||||||||||")
             continue
         st = m.get("stage_seconds")
         stages = f"{st['decode']:.1f} / {st['forward']:.1f} / {st['match']:.1f}" if st else "–"
         cmp = m.get("vs_naive")
         same = f"{cmp['pairs_identical']}/{cmp['pairs_compared']}" if cmp else "(reference)"
         speed = f"{m['speedup_vs_naive']:.2f}×" if "speedup_vs_naive" in m else "1×"
+        cpu = f"{m['cpu_s'] / m['pairs']:.1f}" if "cpu_s" in m else "–"
         lines.append(f"| {name} | {m['pairs']} | {m['wall_s']:.1f} s | {m['pairs_per_s']:.3f} | "
-                     f"{m['images_per_s']:.3f} | {m['forwards']} | {stages} | {m['peak_rss_bytes'] / 2**30:.2f} GiB | "
-                     f"{speed} | {same} |")
+                     f"{m['images_per_s']:.3f} | {m['forwards']} | {stages} | {cpu} | "
+                     f"{m['peak_rss_bytes'] / 2**30:.2f} GiB | {speed} | {same} |")
     return "\n".join(lines)
 
 
