@@ -172,9 +172,11 @@ def best_buddies(d1: np.ndarray, d2: np.ndarray, *, precision: str = "fp32", chu
 class BinnedTiling:
     """Tiling of :func:`best_buddies_binned` on the CPU (defaults in :data:`BINNED_TILING`)."""
 
-    # Bytes of the Gram tiles of all levels together (the only buffers that grow with T1 * T2). 4 MiB is 7% of the
-    # dense S of the paper pair (4565 x 3025 fp32, 55 MB).
-    budget_bytes: int = 4 << 20
+    # Bytes of the Gram tiles of all levels together (the only buffers that grow with T1 * T2). At 32 MiB the paper
+    # pair (55x83 vs 55x55) runs as one image-2 band (20 MB of tiles, 38% of its dense 4565 x 3025 fp32 S); 4 MiB
+    # (7.6% of S) cuts image 2 into 8 bands with their halo rows: 1.5x the Gram FLOPs and 10x the GEMM / fold calls,
+    # measured 3.1x slower on the shared 2-core machine (benchmarks/results/bench_binned.json).
+    budget_bytes: int = 32 << 20
     # Image-1 grid rows per step: at least this many cells, so that each Gram GEMM has enough rows ...
     min_gemm_rows: int = 256
     # ... and at least this multiple of the largest halo (3^(h-1)), so that the rows kept from the previous step

@@ -234,7 +234,7 @@ def best_buddies_binned(
     for (k, c1), (_, c2) in zip(
         shifted_cells(num_patches1, hierarchy, dev), shifted_cells(num_patches2, hierarchy, dev), strict=True
     ):
-        d += grams[k][c1][:, c2]
+        d += grams[k][c1[:, None], c2[None, :]]  # one gather pass
     s = d * rs[:, None] * cs[None, :]
     sim_1, nn_1 = s.max(dim=1)
     sim_2, nn_2 = s.max(dim=0)
