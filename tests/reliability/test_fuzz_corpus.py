@@ -1,0 +1,52 @@
+"""Crashes found by the checkpoint / image fuzzer (`benchmarks/fuzz.py`), kept as a corpus: each input must give
+a `DinofeatError` (here `WeightsError` naming the file), never the exception that escaped before the fix."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from dinofeat.errors import WeightsError
+from dinofeat.weights import load_weights
+
+CHECKPOINT_CRASHES = [
+    # AssertionError in torch (torch/serialization.py:1922), found by benchmarks/fuzz.py
+    pytest.param(".pth", (
+        "gAKKCmz8nEb5IGqoUBkugAJN6QMugAJ9cQAoWBAAAABwcm90b2NvbF92ZXJzaW9ucQFN6QNYDQAAAGxpdHRsZV9lbmRpYW5xAohY"
+        "CgAAAHR5cGVfc2l6ZXNxA31xBChYBQAAAHNob3J0cQVLAlgDAAAAaW50cQZLBFgEAAAAbG9uZ3EHSwR1dS6AAn1xAChYCQAAAGNs"
+        "c190b2tlbnEBY3RvcmNoLl91dGlscwpfcmVidWlsZF90ZW5zb3JfdjIKcQIoKFgHAAAAc3RvcmFnZXEDY3RvcmNoCkZsb2F0U3Rv"
+        "cmFnZQpxBFgOAAAAOTQ0OTM2MTY1Nzc2NDhxBVgDAAAAY3B1cQZLBE50cQdRSwBLAUsBSwSHcQhLBEsESwGHcQmJY2NvbGxlY3Rp"
+        "b25zCk9yZGVyZWREaWN0CnEKKVJxC3RxDFJxDVgYAAAAYmxvY2tzLjAuYXR0bi5xa3Yud2VpZ2h0cQ5oAigoaANoBFgOAAAAOTQ0"
+        "OTM2MTY0ODQzNjhxD2gGSzBOdHEQUUsASwxLBIZxEUsESwGGcRKJaAopUnETdHEUUnEVWBIAAAByb3BlX2VtYmVkLnBlcmlvZHNx"
+        "FmgCKChoA2gEWA4AAAA5NDQ5MzYxNjQ1NDQ4MHEXaAZLAk50cRhRSwBLAoVxGUsBhXEaiWgKKVJxG3RxHFJxHXUugAJdcQAoWA4A"
+        "AAA5NDQ5MzYxNjQ1NDQ4MHEBWA4AAAA5NDQ5MzYxNjQ4NDM2OHECWA4AAAA5NDQ5MzYxNjU2Nzc0OHEDZS4CAAAAAAAAAAAAgD8A"
+        "AKs/MAAAAAAAAAAAAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/"
+        "AACAPwAAgD8AAIA/AACAPwAAgD+AAAA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACA"
+        "PwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8EAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        "AAA="
+    ), id="AssertionError-ad69a99e25c1"),
+    # IndexError in torch (torch/_weights_only_unpickler.py:568), found by benchmarks/fuzz.py
+    pytest.param(".pth", (
+        "gAKKCmz8nEb5IGqoUBkugAJN6QMudG9rZW5xAWN0b3JjaC5fdXRpbHMKX3JlYnVpbGRfdGVuc29yX3YyCnECKChYBwAAAHN0b3Jh"
+        "Z2VxA2N0b3JjaApGbG9hdFN0b3JhZ2UKcQRYDgAAADk0NDkzNjE2NTc3NjQ4cQVYAwAAAGNwdXEGSwROdHEHUUsASwFLAUsEh3EI"
+        "SwRLBEsBh3EJiWNjb2xsZWN0aW9ucwpPcmRlcmVkRGljdApxCilScQt0cQxScQ1YGAAAAGJsb2Nrcy4wLmF0dG4ucWt2LndlaWdo"
+        "dHEOaAIoKGgDaARYDgAAADk0NDkzNjE2NIeHh4eHh4eHh4eHh4eHh4c4NDM2OHEPaAZLME50cRBRSwBLDEsEhnERSwRLAYZxEolo"
+        "CilScRN0cRRScRVYEgAAAHJvcGVfZW1iZWQucGVyaW9kc3EWaAIoKGgDaARYDgAAADk0NDkzNjE2NDU0NDgwcRdoBlgOAAAAOTQ0"
+        "OTM2MTY0h4eHh4eHh4eHh4eHh4eHhzg0MzY4cQ9oBkswTnRxEFFLAEsMSwSGcRFLBEsBhnESiWgKKVJxE3RxFFJxFVgSAAAAcm9w"
+        "ZV9lbWJlZC5wZXJpb2RzcRZoAigoaANoBFgOAAAAOTQ0OTM2MTY0NTQ0ODBxF2gGSwJOdHEYUUsASwKFcRlLAYVxGoloCilScRt0"
+        "cRxScR11LoACXXEAKFgOAAAAOTQ0OTM2MTY0NTQ0ODBxAVgOAAAAOTQ0OTM2MTY0ODQzNjhxAlgOAAAAOTQ0OTM2MTY1Njc3NDhx"
+        "A2UuAgAAAAAAAAAAAIA/AACrPzAAAAAAAAAAAACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/"
+        "AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/gAAAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACA"
+        "PwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/BAAAAAAA"
+        "AAAAAAAAAAAAAAAAAAAAAAAA"
+    ), id="IndexError-eebe261bc01f"),
+]
+
+
+@pytest.mark.parametrize("suffix, b64", CHECKPOINT_CRASHES)
+def test_fuzzed_checkpoint_is_a_weights_error(tmp_path, suffix, b64):
+    path = tmp_path / f"fuzzed{suffix}"
+    path.write_bytes(base64.b64decode("".join(b64)))
+    with pytest.raises(WeightsError, match=r"fuzzed\.pth.*(is not a PyTorch checkpoint|could not be read)"):
+        load_weights("dino_vits8", str(path), progress=False)
