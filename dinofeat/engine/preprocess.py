@@ -36,6 +36,11 @@ def load_image(image, *, exif_transpose: bool = True, name: str = "image") -> Im
             with Image.open(path) as im:
                 im.load()
                 pil = im.copy() if not exif_transpose else ImageOps.exif_transpose(im)
+        except Image.DecompressionBombError as e:  # found by benchmarks/fuzz.py: a tiny GIF claiming 1.9 G pixels
+            raise InputError(
+                f"{name}: {str(path)!r} declares more pixels than Pillow's decompression-bomb limit allows ({e}); "
+                "if the file is trusted, raise the limit with PIL.Image.MAX_IMAGE_PIXELS = <pixels>"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InputError(
                 f"{name}: cannot read {str(path)!r} as an image ({type(e).__name__}: {e}); "

@@ -1,5 +1,5 @@
-"""Crashes found by the checkpoint / image fuzzer (`benchmarks/fuzz.py`), kept as a corpus: each input must give
-a `DinofeatError` (here `WeightsError` naming the file), never the exception that escaped before the fix."""
+"""Crashes found by the fuzzer (`benchmarks/fuzz.py`, atheris) in the checkpoint and image loaders, kept as a
+corpus: each input must give a `DinofeatError` naming the file, never the exception that escaped before the fix."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import base64
 
 import pytest
 
-from dinofeat.errors import WeightsError
+from dinofeat.engine.preprocess import load_image
+from dinofeat.errors import InputError, WeightsError
 from dinofeat.weights import load_weights
 
 CHECKPOINT_CRASHES = [
-    # AssertionError in torch (torch/serialization.py:1922), found by benchmarks/fuzz.py
+    # AssertionError escaped from torch/serialization.py:1922
     pytest.param(".pth", (
         "gAKKCmz8nEb5IGqoUBkugAJN6QMugAJ9cQAoWBAAAABwcm90b2NvbF92ZXJzaW9ucQFN6QNYDQAAAGxpdHRsZV9lbmRpYW5xAohY"
         "CgAAAHR5cGVfc2l6ZXNxA31xBChYBQAAAHNob3J0cQVLAlgDAAAAaW50cQZLBFgEAAAAbG9uZ3EHSwR1dS6AAn1xAChYCQAAAGNs"
@@ -26,7 +27,7 @@ CHECKPOINT_CRASHES = [
         "PwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8EAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
         "AAA="
     ), id="AssertionError-ad69a99e25c1"),
-    # IndexError in torch (torch/_weights_only_unpickler.py:568), found by benchmarks/fuzz.py
+    # IndexError escaped from torch/_weights_only_unpickler.py:568
     pytest.param(".pth", (
         "gAKKCmz8nEb5IGqoUBkugAJN6QMudG9rZW5xAWN0b3JjaC5fdXRpbHMKX3JlYnVpbGRfdGVuc29yX3YyCnECKChYBwAAAHN0b3Jh"
         "Z2VxA2N0b3JjaApGbG9hdFN0b3JhZ2UKcQRYDgAAADk0NDkzNjE2NTc3NjQ4cQVYAwAAAGNwdXEGSwROdHEHUUsASwFLAUsEh3EI"
@@ -43,10 +44,36 @@ CHECKPOINT_CRASHES = [
     ), id="IndexError-eebe261bc01f"),
 ]
 
+IMAGE_CRASHES = [
+    # DecompressionBombError escaped from PIL/Image.py:3590
+    pytest.param(".gif", (
+        "R0lGODdhDQAJAIYAAJkzAP8zAABmAMxmADOZAMyZADPMAGbMAMzMAP/MAJn/ADMAM2YAM8wzMwBmMzNmMwCZM2aZM5mZM8yZMwDM"
+        "MzPMM2bMM5nMMzP/M2b/MwAAZjMAZjMzZmYzZpkzZswzZmZmZjOZZpmZZsyZZv+ZZgDMZmbMZpnMZszMZv/MZjMAmWYAmZkAmQAz"
+        "mWYzmZkzmcwzmZlmmcxmmTOZmZmZmcyZmf////////////////////////////////////////////////////////+ZmczMmZn/"
+        "mZkAzMwAzDMzzGYzzJkzzMwzzABmzGZmzJlmzACZzDOZzGaZzMyZzGbMzMzMzDP/zJn/zGYA/zMz/5kz/8wz/zNm/5mZ/zPM/2bM"
+        "///M/wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAD3ACwAAAAADaysrAAJ"
+        "AAAIhgCJHIGAIgEUGAQqUFhgIUKDEFGegIjwhMeNIi1S5MiwwciNEQekGLGAY8UPBEde+AhgYcmHHDFU7GjyocGKBwFMCIARgMWR"
+        "CDOcIBEhAIYAAJkzAP8zAABmAMxmADOZQkaEEhIWnJAAxAYDJw40GImgI0aNHEwAeAjSw0ISDg4uKAjhIUZAADs="
+    ), id="DecompressionBombError-8ea41fd5a66e"),
+]
+
+
+def _write(tmp_path, suffix: str, b64) -> str:
+    path = tmp_path / f"fuzzed{suffix}"
+    path.write_bytes(base64.b64decode("".join(b64)))
+    return str(path)
+
 
 @pytest.mark.parametrize("suffix, b64", CHECKPOINT_CRASHES)
 def test_fuzzed_checkpoint_is_a_weights_error(tmp_path, suffix, b64):
-    path = tmp_path / f"fuzzed{suffix}"
-    path.write_bytes(base64.b64decode("".join(b64)))
+    path = _write(tmp_path, suffix, b64)
     with pytest.raises(WeightsError, match=r"fuzzed\.pth.*(is not a PyTorch checkpoint|could not be read)"):
-        load_weights("dino_vits8", str(path), progress=False)
+        load_weights("dino_vits8", path, progress=False)
+
+
+@pytest.mark.parametrize("suffix, b64", IMAGE_CRASHES)
+def test_fuzzed_image_is_an_input_error(tmp_path, suffix, b64):
+    path = _write(tmp_path, suffix, b64)
+    with pytest.raises(InputError, match=r"image: .*fuzzed\.gif.*decompression-bomb limit.*MAX_IMAGE_PIXELS"):
+        load_image(path)
