@@ -217,9 +217,18 @@ def _sniff(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading checkpoint files
 # ---------------------------------------------------------------------------------------------------------------
+def _is_zip(path: Path) -> bool:
+    """zipfile.is_zipfile, False also where zipfile raises on a malformed end record (BadZipFile "zipfiles that
+    span multiple disks are not supported": found by benchmarks/fuzz.py)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _unsafe_globals(path: Path, message: str) -> list[str]:
     found = re.findall(r"GLOBAL ([\w.]+)", message)
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         try:
             found = list(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or found
         except Exception:  # noqa: BLE001 - best effort for the message only
@@ -228,7 +237,7 @@ def _unsafe_globals(path: Path, message: str) -> list[str]:
 
 
 def _read_torch(path: Path):
-    mmap = zipfile.is_zipfile(path)  # mmap (lazy, no double memory) needs the zip format
+    mmap = _is_zip(path)  # mmap (lazy, no double memory) needs the zip format
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")

@@ -12,6 +12,13 @@ from dinofeat.errors import InputError, WeightsError
 from dinofeat.weights import load_weights
 
 CHECKPOINT_CRASHES = [
+    # BadZipFile escaped from zipfile.is_zipfile (a ZIP64 end record naming several disks)
+    pytest.param(".bin", (
+        "UEsDBAAACAgBAAAAAAACAAAAcQZYAQAAADBxB1gDAAAAY3B1cQhLBHRxCVFLAEsEhXEKYEsBhXELiWNjb2xsZWN0aW9ucwpPcmRl"
+        "cmVkRGljdApxDClScQ10cQ5ScQ9zcy5QSwcIYax/LccAAADHAAAAUEsDBAAACAgAAAAAAAAAAAAAAAAAAAAAAAAXADQAYXJjaGl2"
+        "ZS8uZgAAAAAAAAAAAAAHAAAAAAAAAAcAAAAAAAAAzwEAAAAAAAA4BAAAAAAAAFBLBgcAAAAABwYAAAkAAAD/////UEsFBgAAAAAH"
+        "AAcAzwEAADgEAAAAAA=="
+    ), id="BadZipFile-887a2cae234e"),
     # AssertionError escaped from torch/serialization.py:1922
     pytest.param(".pth", (
         "gAKKCmz8nEb5IGqoUBkugAJN6QMugAJ9cQAoWBAAAABwcm90b2NvbF92ZXJzaW9ucQFN6QNYDQAAAGxpdHRsZV9lbmRpYW5xAohY"
@@ -68,7 +75,7 @@ def _write(tmp_path, suffix: str, b64) -> str:
 @pytest.mark.parametrize("suffix, b64", CHECKPOINT_CRASHES)
 def test_fuzzed_checkpoint_is_a_weights_error(tmp_path, suffix, b64):
     path = _write(tmp_path, suffix, b64)
-    with pytest.raises(WeightsError, match=r"fuzzed\.pth.*(is not a PyTorch checkpoint|could not be read)"):
+    with pytest.raises(WeightsError, match=r"fuzzed\.(pth|bin).*(is not a PyTorch checkpoint|could not be read)"):
         load_weights("dino_vits8", path, progress=False)
 
 
