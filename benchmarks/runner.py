@@ -85,6 +85,10 @@ class Config:
     quiet: bool
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    # GEMM shapes (m, k, n) the machine floor is measured on (also the CPU fp16 one); None = the pipeline's own
+    # (`flops.gemm_rates`). Smoke tests pass a small one: the default shapes are ~400 GFLOP (seconds to minutes).
+    floor_shapes: list[tuple[int, int, int]] | None = None
+    floor_copy_bytes: int | None = None  # buffer of the copy-bandwidth floor; None = 256 MiB (32 MiB with --quick)
 
 
 def _default_out() -> Path:
@@ -308,8 +312,12 @@ class Runner:
     # ---- machine floor -----------------------------------------------------------------------------------
     def floor(self) -> dict:
         self.log("machine floor: GEMM rates (fp32, bf16, fp16) and copy bandwidth")
-        rates = FL.gemm_rates(("fp32", "bf16", "fp16"), device=self.device, repeat=3 if not self.cfg.quick else 2)
-        bw = FL.copy_bandwidth(device=self.device, nbytes=(256 << 20) if not self.cfg.quick else (32 << 20))
+        shapes = self.cfg.floor_shapes
+        small = {"fp16_cpu_shape": min(shapes, key=lambda s: s[0] * s[1] * s[2])} if shapes else {}
+        rates = FL.gemm_rates(("fp32", "bf16", "fp16"), device=self.device, repeat=3 if not self.cfg.quick else 2,
+                              shapes=shapes, **small)
+        nbytes = self.cfg.floor_copy_bytes or ((256 << 20) if not self.cfg.quick else (32 << 20))
+        bw = FL.copy_bandwidth(device=self.device, nbytes=nbytes)
         self.rates, self.bandwidth = rates, bw
         for k, r in rates.items():
             self.log(f"  {k}: {r['rate_flops'] / 1e9:.1f} GFLOP/s (best of {len(r['shapes'])} shape(s))")

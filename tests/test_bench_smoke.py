@@ -99,6 +99,7 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     cfg.sizes, cfg.batch_at, cfg.matrix_sizes, cfg.e2e_sizes, cfg.baseline_size = [32, 40], [32], [32], [32], 32
     cfg.backends = ["onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
     cfg.repeat, cfg.warmup = 1, 1
+    cfg.floor_shapes, cfg.floor_copy_bytes = [(128, 384, 256)], 4 << 20  # the real floor is ~400 GFLOP of GEMMs
     threads = torch.get_num_threads()
     try:
         result = runner.run(cfg)
