@@ -204,15 +204,18 @@ def _instrumented(ex, acc: dict):
         return wrapper
 
     orig_bb, orig_sel = kernels_mod.best_buddies, corr_mod.select_pairs
+    orig_bbb = kernels_mod.best_buddies_binned  # the bin=True path of find_correspondences (issue 10)
     ex.preprocess = wrap("preprocess", type(ex).preprocess.__get__(ex))
     ex.extract = wrap("extract", type(ex).extract.__get__(ex))
     kernels_mod.best_buddies = wrap("best_buddies", orig_bb)
+    kernels_mod.best_buddies_binned = wrap("best_buddies", orig_bbb)
     corr_mod.select_pairs = wrap("select_pairs", orig_sel)
     try:
         yield
     finally:
         del ex.preprocess, ex.extract
         kernels_mod.best_buddies, corr_mod.select_pairs = orig_bb, orig_sel
+        kernels_mod.best_buddies_binned = orig_bbb
 
 
 def _sync(device) -> None:
