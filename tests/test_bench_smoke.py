@@ -96,7 +96,7 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     args = _bench_args(tmp_path)
     cfg = runner.config_from_args(args)
     # smaller than --quick: two tiny sizes, one matrix size, no ONNX export (it is tested elsewhere)
-    cfg.sizes, cfg.batch_at, cfg.matrix_sizes, cfg.e2e_sizes, cfg.baseline_size = [32, 40], [32], [32], [32], 32
+    cfg.sizes, cfg.batch_at, cfg.matrix_sizes, cfg.e2e_sizes, cfg.baseline_size = [24, 32], [24], [24], [24], 24
     cfg.backends = ["onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
     cfg.repeat, cfg.warmup = 1, 1
     cfg.floor_shapes, cfg.floor_copy_bytes = [(128, 384, 256)], 4 << 20  # the real floor is ~400 GFLOP of GEMMs
@@ -116,12 +116,12 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     for c in cases:
         t = c["time"]
         assert t["n"] >= 1 and t["median_s"] > 0 and t["p90_s"] >= t["min_s"], c
-    for size in (32, 40):
+    for size in (24, 32):
         for precision in ("fp32", "bf16"):
             stages = {c["stage"] for c in cases if c["kind"] == "stage" and c["size"] == size
                       and c["precision"] == precision}
             assert stages == {"preprocess", "forward", "log_bin", "best_buddies", "fg_filter_selection", "end_to_end"}
-    fwd = next(c for c in cases if c["kind"] == "stage" and c["stage"] == "forward" and c["size"] == 40)
+    fwd = next(c for c in cases if c["kind"] == "stage" and c["stage"] == "forward" and c["size"] == 32)
     assert fwd["flops"] > 0 and 0 < fwd["fraction_of_floor_fp32"] and "peak_delta_bytes" in fwd["memory"]
     assert {c["batch"] for c in cases if c["kind"] == "images" and c.get("source") == "batch pipeline"} == {1, 2}
     assert any(c["kind"] == "e2e_public" and c["points_equal_staged"] for c in cases)
@@ -146,7 +146,7 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     assert agree["nn_1_equal"] and agree["nn_2_equal"] and agree["bbs_mask_equal"] and agree["points_equal"]
     assert base["similarity"]["full"]  # --quick runs the whole loop
     ps = data["paper_setting"]
-    assert ps["size"] == 32 and not ps["is_paper_setting"]
+    assert ps["size"] == 24 and not ps["is_paper_setting"]
     for stage in ("preprocess", "forward", "log_bin", "best_buddies", "fg_filter_selection", "end_to_end"):
         row = ps["stages"][stage]
         assert row["baseline_s"] > 0 and row["fp32_s"] > 0 and row["ratio_baseline_over_fp32"] > 0

@@ -69,11 +69,10 @@ def test_exit_code_is_nonzero_only_on_failure(monkeypatch, capsys, statuses, cod
         assert f"{c.status.upper()}  {c.name}" in out and c.detail in out
 
 
-def test_a_deviation_over_tolerance_fails(monkeypatch):
+def test_a_deviation_over_tolerance_fails():
     """The real torch-backend check fails when the tolerance is impossible to meet."""
-    monkeypatch.setattr(doctor, "TOL_FP32", 0.0)
     fx = doctor._Fixture("dino_vits8", 4, 24, 9)
-    [c] = [c for c in doctor._backend_tests(fx, False, "test") if c.name == "backend torch fp32 cpu"]
+    c = doctor._run("backend torch fp32 cpu", lambda: fx.compare(fx.cpu_fp32, 0.0), 0.0)
     assert c.status == "fail" and c.deviation > 0
 
 
