@@ -6,8 +6,11 @@ size already matches; ToTensor (/255, float32); Normalize (subtract mean, divide
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,20 @@ from ..errors import InputError
 from ..limits import check_pixels, check_tokens, current_limits, pixel_limit_message
 
 ImageLike = "str | os.PathLike | PIL.Image.Image | numpy.ndarray"
+
+
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_bomb_warning():
+    """Silence Pillow's DecompressionBombWarning (issued above PIL.Image.MAX_IMAGE_PIXELS, 89.5 MP): dinofeat's
+    own pixel limit (`dinofeat.limits`, 100 MP by default) has already accepted or refused the image. Held under a
+    lock because `warnings.catch_warnings` swaps process-wide state; the common case (an image below Pillow's
+    level) only holds it while the header is parsed."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def load_image(image, *, exif_transpose: bool = True, name: str = "image") -> Image.Image:
@@ -35,10 +52,14 @@ def load_image(image, *, exif_transpose: bool = True, name: str = "image") -> Im
         if path.is_dir():
             raise InputError(f"{name}: {str(path)!r} is a directory, not an image file")
         try:
-            with Image.open(path) as im:
+            with _quiet_bomb_warning():  # our own limit applies (check_pixels), not Pillow's lower warning level
+                im = Image.open(path)
+            with im:
                 check_pixels(im.width, im.height, name)  # header only: nothing decoded yet
-                im.load()
-                pil = im.copy() if not exif_transpose else ImageOps.exif_transpose(im)
+                big = Image.MAX_IMAGE_PIXELS is not None and im.width * im.height > Image.MAX_IMAGE_PIXELS
+                with _quiet_bomb_warning() if big else contextlib.nullcontext():
+                    im.load()
+                    pil = im.copy() if not exif_transpose else ImageOps.exif_transpose(im)
         except InputError:
             raise
         except Image.DecompressionBombError as e:  # above Pillow's own hard limit, refused at open

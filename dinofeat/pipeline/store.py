@@ -161,7 +161,9 @@ class FeatureStore:
         path = self.path(key)
         if path is None or not path.is_file():
             return None
+        seen = None  # the entry read here: another process may rename a fresh one into place meanwhile
         try:
+            seen = os.stat(path)
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as fh:
@@ -183,8 +185,18 @@ class FeatureStore:
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed, never used
             with self._lock:
                 self.stats["corrupt"] += 1
-            path.unlink(missing_ok=True)
+            _unlink_if_same(path, seen)
             return None
+
+
+def _unlink_if_same(path: Path, seen: os.stat_result | None) -> None:
+    """Delete the unreadable entry `path` unless another process has meanwhile renamed a new file into place."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return
+    if seen is None or (now.st_ino, now.st_dev, now.st_mtime_ns) == (seen.st_ino, seen.st_dev, seen.st_mtime_ns):
+        path.unlink(missing_ok=True)
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:

@@ -5,9 +5,8 @@ Thread-safety choice (documented in `Extractor`): the torch backend runs concurr
 tensorrt backends are serialised by a lock per Extractor. Cache entries are written to temp files and renamed;
 ONNX / TensorRT entries are also built under a per-key `flock` (`dinofeat.export.cache.entry_lock`).
 
-Feature store (being built on another branch): give its entries the same test by calling
-`run_processes(_feature_store_child, ...)` with a child that opens the store in the shared folder and writes /
-reads the same keys, then `assert_one_final_file_per_key(store_dir, keys)`; see `test_processes_share_cache`.
+The feature store gets the same test (`test_processes_share_feature_store`): 4 processes fill the same on-disk
+entries at once, a torn entry among them; every process reads back valid features, one final file per key.
 """
 
 from __future__ import annotations
@@ -226,3 +225,52 @@ def test_onnxruntime_backend_is_serialised_and_equals_serial(extractor, shared_c
     assert len(ex.backend._sessions) == 1
     reference = [extractor.extract(b, layer=0, facet="key").descriptors for b in batches]
     assert all(torch.allclose(s, r, rtol=1e-4, atol=1e-5) for s, r in zip(serial, reference, strict=True))
+
+
+# ------------------------------------------------------------------------------------------- feature store
+def _store_child(store_dir: str, images: list, extractor, barrier, results) -> None:
+    """One process: a Matcher on the shared on-disk store computes (or reads) every image's features at once
+    with the others, then a fresh store (no memory cache) reads every entry back."""
+    torch.set_num_threads(1)
+    try:
+        from dinofeat.pipeline.store import FeatureStore
+
+        m = dinofeat.Matcher(extractor=extractor, load_size=LOAD, cache_dir=store_dir, cache_bytes=0)
+        keys = [m.key(img) for img in images]
+        barrier.wait(timeout=120)
+        mine = [m.features(img) for img in images]
+        barrier.wait(timeout=120)  # every process has written (or read) every entry
+        fresh = FeatureStore(store_dir, cache_bytes=0)
+        back = [fresh.get(k) for k in keys]
+        same = [b is not None and torch.equal(a.descriptors, b.descriptors) and torch.equal(a.saliency, b.saliency)
+                for a, b in zip(mine, back, strict=True)]
+        results.put(("ok", keys, same, dict(m.store.stats), dict(fresh.stats),
+                     [hashlib.sha256(a.descriptors.numpy().tobytes()).hexdigest() for a in mine]))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_processes_share_feature_store(extractor, tmp_path):
+    """4 processes fill the same feature-store entries at once: each gets valid features (equal across
+    processes), a pre-existing corrupt entry is rebuilt and never used, and each key ends as one final file."""
+    images = _images()
+    store_dir = tmp_path / "store"
+    probe = dinofeat.Matcher(extractor=extractor, load_size=LOAD, cache_dir=store_dir, cache_bytes=0)
+    keys = [probe.key(img) for img in images]
+    torn = probe.store.path(keys[0])
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}torn")  # a torn entry left by a crashed writer
+    results = run_processes(_store_child, (str(store_dir), images, extractor))
+    errors = [r for r in results if r[0] != "ok"]
+    assert not errors, errors
+    assert all(r[1] == keys for r in results)
+    assert all(all(r[2]) for r in results), [r[2] for r in results]  # every entry read back == own features
+    assert len({tuple(r[5]) for r in results}) == 1  # every process: the same features
+    assert all(r[4]["corrupt"] == 0 and r[4]["disk_hits"] == N for r in results)  # nothing torn at the end
+    assert sum(r[3]["corrupt"] for r in results) >= 1  # the torn entry was refused (by one or more processes)
+    by_dir: dict[str, list[str]] = {}
+    for k in keys:
+        by_dir.setdefault(k[:2], []).append(f"{k}.safetensors")
+    assert sorted(p.name for p in store_dir.iterdir()) == sorted(by_dir)
+    for sub, names in by_dir.items():
+        assert_one_final_file_per_key(store_dir / sub, names)

@@ -245,6 +245,32 @@ def test_limits_can_be_raised_by_environment(monkeypatch, extractor):
         current_limits()
 
 
+def test_pillow_warning_level_below_our_limit_is_quiet(tmp_path, monkeypatch):
+    """Pillow warns above its MAX_IMAGE_PIXELS (89.5 MP) and refuses above twice that; dinofeat's own limit (100 MP)
+    decides instead: an image between Pillow's warning level and ours loads without a DecompressionBombWarning.
+    Pillow's level is lowered here so that a 40x40 image stands for a 95 MP photo."""
+    import warnings
+
+    from PIL import Image
+
+    from dinofeat.engine.preprocess import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(path)  # 1,600 px: above Pillow's 1,000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        im = load_image(path)
+    assert im.size == (40, 40) and np.asarray(im)[0, 0, 0] == 7
+    with warnings.catch_warnings():  # Pillow's own check warns here (the quiet path is load_image's)
+        warnings.simplefilter("error")
+        with pytest.raises(Image.DecompressionBombWarning):
+            Image.open(path)
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "huge.png")  # above 2x: Pillow refuses
+    with pytest.raises(dinofeat.InputError, match="decompression-bomb guard"):
+        load_image(tmp_path / "huge.png")
+
+
 # ------------------------------------------------------------------------------------------------ corrupt caches
 def test_corrupt_cache_entries_are_rebuilt_not_used(tmp_path, extractor):
     """A cached ONNX graph / TensorRT engine whose bytes changed fails its SHA-256: deleted, so rebuilt, never used.
