@@ -1,9 +1,13 @@
-"""Soak run: many pairs through `find_correspondences` at a small load size; RSS, fds and threads over time.
+"""Soak run: many pairs through the many-pairs path at a small load size; RSS, fds and threads over time.
 
-    python -m benchmarks.soak --pairs 10000 --load-size 32 --max-minutes 15
+    python -m benchmarks.soak --pairs 10000 --load-size 32 --max-minutes 60 --threads 1
 
-Deterministic weights (no download), one `Extractor` reused for every pair, pairs made from the bundled example
-images (random crops and flips, a fixed seed, so every pair differs). Every `--sample-every` pairs it records the
+Deterministic weights (no download), pairs made from the bundled example images (random crops and flips, a fixed
+seed, so every pair differs). `--path matcher` (default) writes the crops as PNG files and feeds the pairs of file
+paths through `Matcher.match_pairs` in chunks of `--sample-every`, with an on-disk feature store and an in-memory
+LRU too small for all images (so entries are evicted, re-read from disk, and decode threads open files all the
+time); every `--bad-every`-th pair names a missing file and must come back as that pair's error.
+`--path find_correspondences` loops `find_correspondences` with one reused `Extractor`. Every `--sample-every` pairs it records the
 process RSS, open file descriptors, threads, elapsed time and load average. The verdict: after the warm-up (the
 first `--warmup` fraction of the samples), RSS stays within `--tolerance` (5%) of the first post-warm-up sample,
 and the fd / thread counts do not grow. Writes `<out>.json` (every sample, machine, versions, verdict) and
@@ -17,6 +21,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,7 +123,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def run(pairs: int, load_size: int, sample_every: int, max_minutes: float, warmup: float, tolerance: float,
-        threads: int | None, n_images: int = 64) -> dict:
+        threads: int | None, n_images: int = 64, path: str = "matcher", bad_every: int = 50) -> dict:
     import psutil
     import torch
 
@@ -137,27 +142,55 @@ def run(pairs: int, load_size: int, sample_every: int, max_minutes: float, warmu
     load_start = _loadavg()
     samples = [_sample(proc, 0, t0)]
     found = []
+    errors = {"expected": 0, "got": 0, "unexpected": []}
     stop = "pairs"
     done = 0
-    while done < pairs:
-        i, j = rng.choice(len(images), 2, replace=False)
-        corr = dinofeat.find_correspondences(images[i], images[j], num_pairs=10, load_size=load_size,
-                                             extractor=ex)
-        found.append(len(corr))
-        done += 1
-        if done % sample_every == 0:
+    with tempfile.TemporaryDirectory(prefix="dinofeat-soak-") as tmp:
+        if path == "matcher":
+            from PIL import Image
+
+            files = []
+            for k, im in enumerate(images):
+                files.append(str(Path(tmp) / f"crop_{k:03d}.png"))
+                Image.fromarray(im).save(files[-1])
+            # an LRU of ~1/4 of the images' features: evictions and disk hits all the time
+            matcher = dinofeat.Matcher(extractor=ex, load_size=load_size, num_pairs=10,
+                                       cache_dir=Path(tmp) / "store", cache_bytes=2 << 20)
+        while done < pairs:
+            n = min(sample_every, pairs - done)
+            chunk = [tuple(int(v) for v in rng.choice(len(images), 2, replace=False)) for _ in range(n)]
+            if path == "matcher":
+                bad = {k for k in range(n) if bad_every and (done + k + 1) % bad_every == 0}
+                items = [(files[i], str(Path(tmp) / "missing.png") if k in bad else files[j])
+                         for k, (i, j) in enumerate(chunk)]
+                errors["expected"] += len(bad)
+                for r in matcher.match_pairs(items):
+                    if r.error is None:
+                        found.append(len(r.result))
+                    elif r.index in bad:
+                        errors["got"] += 1
+                    else:
+                        errors["unexpected"].append(r.error)
+            else:
+                for i, j in chunk:
+                    corr = dinofeat.find_correspondences(images[i], images[j], num_pairs=10, load_size=load_size,
+                                                         extractor=ex)
+                    found.append(len(corr))
+            done += n
             samples.append(_sample(proc, done, t0))
             last = samples[-1]
             print(f"{done} pairs, {last['elapsed_s']:.0f} s, RSS {last['rss_bytes'] / 2**20:.1f} MiB, "
                   f"fds {last['fds']}, threads {last['os_threads']}, load {last['loadavg']}", flush=True)
-        if time.perf_counter() - t0 > max_minutes * 60:
-            stop = f"time limit ({max_minutes} min)"
-            break
+            if time.perf_counter() - t0 > max_minutes * 60:
+                stop = f"time limit ({max_minutes} min)"
+                break
+        store_stats = dict(matcher.store.stats) if path == "matcher" else None
     if samples[-1]["pairs"] != done:
         samples.append(_sample(proc, done, t0))
     wall = time.perf_counter() - t0
     return {
-        "config": {"pairs_requested": pairs, "load_size": load_size, "sample_every": sample_every,
+        "config": {"path": path, "bad_every": bad_every if path == "matcher" else None,
+                   "pairs_requested": pairs, "load_size": load_size, "sample_every": sample_every,
                    "max_minutes": max_minutes, "warmup_fraction": warmup, "tolerance": tolerance,
                    "model": "dino_vits8", "stride": 4, "weights": "deterministic (golden rule, seed 0)",
                    "images": f"{n_images} crops of examples/img_*.png, 64..160 px", "num_pairs": 10},
@@ -165,6 +198,7 @@ def run(pairs: int, load_size: int, sample_every: int, max_minutes: float, warmu
         "seconds_per_pair": round(wall / max(done, 1), 4),
         "pairs_returned": {"min": int(min(found, default=0)), "max": int(max(found, default=0)),
                            "mean": round(float(np.mean(found)) if found else 0.0, 2)},
+        "errors": errors if path == "matcher" else None, "feature_store": store_stats,
         "samples": samples, "verdict": verdict(samples, warmup, tolerance),
         "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "loadavg_start": load_start, "loadavg_end": _loadavg()},
@@ -182,19 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.2, help="fraction of the samples that is warm-up")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--path", choices=("matcher", "find_correspondences"), default="matcher")
+    p.add_argument("--bad-every", type=int, default=50, help="matcher path: every N-th pair names a missing file")
     p.add_argument("-o", "--out", default=str(RESULTS / "soak"), help="output stem (.json and .png are added)")
     args = p.parse_args(argv)
     from dinofeat.viz import atomic_save
 
     result = run(args.pairs, args.load_size, args.sample_every, args.max_minutes, args.warmup, args.tolerance,
-                 args.threads)
+                 args.threads, path=args.path, bad_every=args.bad_every)
     out = Path(args.out)
     atomic_save(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     plot(result, out.with_suffix(".png"))
     v = result["verdict"]
     print(f"{result['pairs_done']} pairs in {result['wall_s'] / 60:.1f} min ({result['seconds_per_pair']} s/pair, "
           f"stopped by {result['stopped_by']}); verdict {v}")
-    return 0 if v.get("ok") else 1
+    errs = result["errors"]
+    if errs is not None:
+        print(f"errors: {errs['got']} of {errs['expected']} injected bad pairs reported, "
+              f"{len(errs['unexpected'])} unexpected")
+    return 0 if v.get("ok") and (errs is None or (errs["got"] == errs["expected"] and not errs["unexpected"])) else 1
 
 
 if __name__ == "__main__":
