@@ -6,17 +6,21 @@
   exactly what the extractor computes); at 320 / 480: standard-normal keys on the grids of the same images at that
   load (A 79x119 / B 79x79, A 119x179 / B 119x119; the time does not depend on the values).
 * Per load, timed interleaved in this process (median of --repeat at 224, one call at larger loads; every sample
-  kept): ``dense`` = ``best_buddies(b1, b2)`` on
-  the materialised binned rows (today's path, rows made beforehand), ``binned`` = ``best_buddies_binned(k1, ...,
-  k2, ...)`` (default tiling) and ``binned_small`` (4 MiB of Gram tiles, within 10% of the dense S at 224: 8
-  image-2 bands with their halo rows), the GEMM rate (one
-  T1 x T2 x C fp32 GEMM) and from it the arithmetic floor of the new method: 2 Gram GEMMs = 4 T1 T2 C FLOP.
+  kept): ``dense`` = ``best_buddies(b1, b2)`` on the materialised binned rows (the path before issue 10, rows made
+  beforehand), ``binned`` = ``best_buddies_binned(k1, ..., k2, ...)`` (default: one G_0 = K1 K2^T GEMM per tile,
+  higher levels as box sums of G_0, tiles within 7% of the dense S), ``binned_level_gemms`` (one GEMM per level of
+  the level maps, the previous method, same budget) and ``binned_32MiB`` (the default method with the previous
+  32 MiB of tiles); the GEMM rate (one T1 x T2 x C fp32 GEMM) and from it the arithmetic floors: the default
+  method's one Gram GEMM (2 T1 T2 C FLOP) and the issue's 2 Gram GEMMs (4 T1 T2 C FLOP).
 * Peak extra memory of each method: one call in a fresh child process (inputs made and touched, code paths warmed on
-  tiny inputs, VmHWM reset through /proc/self/clear_refs): VmHWM after - VmRSS before, vs the dense T1 x T2 fp32 S.
+  tiny inputs, VmHWM reset through /proc/self/clear_refs): VmHWM after - VmRSS before, vs the dense T1 x T2 fp32 S
+  (the dense path's child is skipped at 480, where it alone takes ~10 minutes: its tiles are ~1 MiB at any size).
 * log_bin with a warm ``out=`` buffer vs a fresh array: min and median.
 * End to end (paper pair, deterministic weights, 224): ``find_correspondences`` default (binned Gram) vs
   ``exact_gemm=True`` in the same run, with their outputs against the golden pair.
-* bf16 on this CPU: ISA flags (avx512_bf16 / amx_bf16) and the bf16 vs fp32 GEMM rate measured here.
+* bf16 on this CPU: ISA flags (avx512_bf16 / amx_bf16), the bf16 vs fp32 GEMM rate, and (``--bf16-load``, 112 by
+  default) the paper pair end to end in bf16 vs fp32 with the best-buddy Jaccard: on an AVX2-only CPU bf16 is
+  emulated, so the rows are reported as they are (no bf16 path can beat fp32 there).
 Writes ``bench_binned.json`` and ``bench_binned.png``; records machine, versions and load average.
 """
 
@@ -37,7 +41,8 @@ import torch
 GOLDEN = Path(os.environ.get("DINOFEAT_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 GRIDS = {224: ((55, 83), (55, 55)), 320: ((79, 119), (79, 79)), 480: ((119, 179), (119, 119))}
 C = 384
-SMALL_TILING_BYTES = 4 << 20  # Gram tiles within 10% of the dense S at 224 (the issue's memory target)
+PREVIOUS_TILING_BYTES = 32 << 20  # the default tile budget before the fraction-of-S budget
+METHODS = ("dense", "binned", "binned_level_gemms", "binned_32MiB")
 
 
 def _loadavg() -> list[float]:
@@ -94,7 +99,6 @@ def _child(method: str, load: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_kernels import _reset_peak_rss_kb, _status_kb
     from dinofeat import kernels
-    from dinofeat.kernels import cpu
 
     k1, g1, k2, g2, _ = keys_for(load)
     if method == "dense":
@@ -104,16 +108,22 @@ def _child(method: str, load: int) -> dict:
         def fn():
             return kernels.best_buddies(b1, b2)
     else:
-        tiling = cpu.BinnedTiling(budget_bytes=SMALL_TILING_BYTES) if method == "binned_small" else cpu.BINNED_TILING
         kernels.best_buddies_binned(k1[:4 * 9], (4, 9), k2[:5 * 7], (5, 7))
-
-        def fn():
-            return cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling)
+        fn = _binned_methods(k1, g1, k2, g2)[method]
     before = _reset_peak_rss_kb()
     t0 = time.perf_counter()
     fn()
     dt = time.perf_counter() - t0
     return {"time_s": dt, "peak_extra_MiB": (_status_kb("VmHWM") - before) / 1024}
+
+
+def _binned_methods(k1, g1, k2, g2) -> dict:
+    from dinofeat.kernels import cpu
+
+    previous = cpu.BinnedTiling(budget_bytes=PREVIOUS_TILING_BYTES)
+    return {"binned": lambda: cpu.best_buddies_binned(k1, g1, k2, g2),
+            "binned_level_gemms": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, level_gemms=True),
+            "binned_32MiB": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling=previous)}
 
 
 def _in_child(method: str, load: int) -> dict:
@@ -126,39 +136,42 @@ def _in_child(method: str, load: int) -> dict:
 # ---------------------------------------------------------------------------------------------- benches
 
 
-def bench_load(load: int, repeat: int, memory: bool = True) -> dict:
+def bench_load(load: int, repeat: int, memory: bool = True, skip_dense: bool = False) -> dict:
     from dinofeat import kernels
-    from dinofeat.kernels import cpu
+    from dinofeat.kernels import cpu, cpu_binned
 
     k1, g1, k2, g2, source = keys_for(load)
     t1, t2 = k1.shape[0], k2.shape[0]
     b1, b2 = kernels.log_bin(k1, g1), kernels.log_bin(k2, g2)
-    small = cpu.BinnedTiling(budget_bytes=SMALL_TILING_BYTES)
     a, b = torch.from_numpy(k1), torch.from_numpy(k2)
     load0 = _loadavg()
-    times = _interleaved({
-        "gemm_TxTxC": lambda: a @ b.T,
-        "dense": lambda: kernels.best_buddies(b1, b2),
-        "binned": lambda: kernels.best_buddies_binned(k1, g1, k2, g2),
-        "binned_small": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling=small),
-    }, repeat)
+    fns = {"gemm_TxTxC": lambda: a @ b.T, "dense": lambda: kernels.best_buddies(b1, b2),
+           **_binned_methods(k1, g1, k2, g2)}
+    if skip_dense:
+        del fns["dense"]
+    times = _interleaved(fns, repeat)
     res = {"load": load, "grids": [g1, g2], "T1": t1, "T2": t2, "C": C, "keys": source,
            "loadavg_before": load0, "loadavg_after": _loadavg(),
            "times_s": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
            "median_s": {k: _med(vs) for k, vs in times.items()},
-           "tiling_default": {"plan (step_rows, band_rows)": cpu.binned_plan(g1, g2, 2),
-                              "budget_bytes": cpu.BINNED_TILING.budget_bytes},
-           "tiling_small": {"plan (step_rows, band_rows)": cpu.binned_plan(g1, g2, 2, small),
-                            "budget_bytes": small.budget_bytes}}
+           "plans (step_rows, band_rows)": {"binned": cpu.binned_plan(g1, g2, 2),
+                                            "binned_level_gemms": cpu.binned_plan(g1, g2, 2, box=False),
+                                            "binned_32MiB": cpu.binned_plan(
+                                                g1, g2, 2, cpu.BinnedTiling(budget_bytes=PREVIOUS_TILING_BYTES))},
+           "tile_budget_bytes": cpu_binned.budget(t1, t2)}
     m = res["median_s"]
     gemm_rate = 2 * t1 * t2 * C / m["gemm_TxTxC"]
     res["gemm_GFLOPs"] = gemm_rate / 1e9
     res["dense_GFLOP"] = 2 * t1 * t2 * 17 * C / 1e9
-    res["binned_floor_GFLOP"] = 4 * t1 * t2 * C / 1e9
+    res["binned_floor_1gram_GFLOP"] = 2 * t1 * t2 * C / 1e9
+    res["binned_floor_1gram_s"] = 2 * t1 * t2 * C / gemm_rate
+    res["binned_floor_GFLOP"] = 4 * t1 * t2 * C / 1e9  # the issue's floor: 2 Gram GEMMs
     res["binned_floor_s"] = 4 * t1 * t2 * C / gemm_rate
-    for k in ("binned", "binned_small"):
+    for k in ("binned", "binned_level_gemms", "binned_32MiB"):
         res[f"{k}_fraction_of_floor"] = res["binned_floor_s"] / m[k]
-        res[f"speedup_{k}_vs_dense"] = m["dense"] / m[k]
+        res[f"{k}_fraction_of_1gram_floor"] = res["binned_floor_1gram_s"] / m[k]
+        if "dense" in m:
+            res[f"speedup_{k}_vs_dense"] = m["dense"] / m[k]
     ref = kernels.best_buddies(b1, b2)
     got = kernels.best_buddies_binned(k1, g1, k2, g2)
     res["agreement"] = {"nn_1": float((ref.nn_1 == got.nn_1).mean()), "nn_2": float((ref.nn_2 == got.nn_2).mean()),
@@ -166,7 +179,9 @@ def bench_load(load: int, repeat: int, memory: bool = True) -> dict:
                         "max_abs_sim_diff": float(np.abs(ref.sim_1 - got.sim_1).max())}
     res["dense_S_MiB"] = t1 * t2 * 4 / 2**20
     if memory:
-        for k in ("dense", "binned", "binned_small"):
+        for k in METHODS:
+            if k == "dense" and skip_dense:
+                continue
             r = _in_child(k, load)
             res[f"{k}_peak_extra_MiB"] = r["peak_extra_MiB"]
             res[f"{k}_peak_extra_over_dense_S"] = r["peak_extra_MiB"] / res["dense_S_MiB"]
@@ -229,6 +244,33 @@ def bench_end_to_end(repeat: int) -> dict:
     return res
 
 
+def bench_bf16_end_to_end(load: int) -> dict:
+    """The paper pair at `load`, fp32 vs bf16 extractor (torch eager; bf16 matching), one call each, interleaved."""
+    import dinofeat
+    from dinofeat.testing import deterministic_weights
+
+    w = deterministic_weights("dino_vits8")
+    ex_dir = Path(__file__).resolve().parents[1] / "examples"
+    exs = {p: dinofeat.Extractor(weights=w, backend="torch", device="cpu", precision=p, progress=False)
+           for p in ("fp32", "bf16")}
+    outs = {}
+
+    def run(p: str):
+        outs[p] = dinofeat.find_correspondences(ex_dir / "img_a.png", ex_dir / "img_b.png", num_pairs=10,
+                                                load_size=load, extractor=exs[p])
+
+    times = _interleaved({p: (lambda p=p: run(p)) for p in exs}, 1)
+    pairs = {p: {(int(i), int(c.nn_1[i])) for i in np.flatnonzero(c.bbs_mask.numpy())} for p, c in outs.items()}
+    inter, union = len(pairs["fp32"] & pairs["bf16"]), len(pairs["fp32"] | pairs["bf16"])
+    isa = cpu_info()
+    return {"load": load, "times_s": {k: round(v[0], 3) for k, v in times.items()},
+            "bf16_over_fp32": times["bf16"][0] / times["fp32"][0],
+            "best_buddies": {p: len(v) for p, v in pairs.items()},
+            "best_buddy_jaccard_vs_fp32": inter / union if union else 1.0,
+            "case": ("native bf16 (avx512_bf16 / AMX)" if isa.get("native_bf16") else
+                     "AVX2-only CPU: bf16 is emulated (converted to fp32 per operation); reported as measured")}
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -237,12 +279,17 @@ def plot(res: dict, path: Path) -> None:
 
     loads = [r["load"] for r in res["loads"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    w = 0.25
-    for i, k in enumerate(("dense", "binned", "binned_small")):
-        ax1.bar(np.arange(len(loads)) + (i - 1) * w, [r["median_s"][k] for r in res["loads"]], w, label=k)
+    w = 0.2
+    for i, k in enumerate(METHODS):
+        ax1.bar(np.arange(len(loads)) + (i - 1.5) * w, [r["median_s"].get(k, np.nan) for r in res["loads"]], w,
+                label=k)
         mem = [r.get(f"{k}_peak_extra_MiB", np.nan) for r in res["loads"]]
-        ax2.bar(np.arange(len(loads)) + (i - 1) * w, mem, w, label=k)
+        ax2.bar(np.arange(len(loads)) + (i - 1.5) * w, mem, w, label=k)
     ax1.plot(np.arange(len(loads)), [r["binned_floor_s"] for r in res["loads"]], "k_", ms=30, label="2-Gram floor")
+    ax1.plot(np.arange(len(loads)), [r["binned_floor_1gram_s"] for r in res["loads"]], "r_", ms=30,
+             label="1-Gram floor")
+    ax2.plot(np.arange(len(loads)), [0.1 * r["dense_S_MiB"] for r in res["loads"]], "k_", ms=30,
+             label="10% of dense S")
     for ax, title in ((ax1, "Best Buddies of binned descriptors: time (s, median)"),
                       (ax2, "peak extra memory (MiB)")):
         ax.set_xticks(np.arange(len(loads)), [str(v) for v in loads])
@@ -264,6 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-e2e", action="store_true")
     p.add_argument("--e2e-repeat", type=int, default=2)
+    p.add_argument("--dense-max-load", type=int, default=320, help="larger loads skip the dense path (~10 min at 480)")
+    p.add_argument("--bf16-load", type=int, default=112, help="load of the bf16 end-to-end probe (0: skip)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = p.parse_args(argv)
     t0 = time.time()
@@ -287,13 +336,17 @@ def main(argv=None) -> int:
     res["log_bin"] = bench_log_bin()
     res["loads"] = []
     for i, load in enumerate(a.loads):
-        res["loads"].append(bench_load(load, a.repeat if load == 224 else 1, memory=True))
+        res["loads"].append(bench_load(load, a.repeat if load == 224 else 1, memory=True,
+                                       skip_dense=load > a.dense_max_load))
         print(json.dumps(res["loads"][-1]["median_s"]), file=sys.stderr, flush=True)
         save()
         if i == 0 and not a.no_e2e:  # the paper pair before the larger loads
             res["end_to_end"] = bench_end_to_end(a.e2e_repeat)
             print(json.dumps(res["end_to_end"]["median_s"]), file=sys.stderr, flush=True)
             save()
+    if a.bf16_load:
+        res["bf16_end_to_end"] = bench_bf16_end_to_end(a.bf16_load)
+        save()
     plot(res, out / "bench_binned.png")
     print(json.dumps(res, indent=2, default=str))
     return 0

@@ -39,7 +39,12 @@ void bb_binned_fold(const BinnedGeom& g, int a0, int a1, int b0, int b1, const f
                     const float* col_scale, float* row_val, int64_t* row_idx, float* col_val, int64_t* col_idx);
 
 // inv_norm[cell] = 1 / max(||binned row of cell||, 1e-8) from the level maps levels[k]: (h*w, channels) float32.
-void bb_binned_inv_norms(const float* const* levels, int levels_n, int h, int w, int64_t channels, float* inv_norm);
+// 1 / max(|binned row|, eps) of every cell from the keys x (T, C) on an h x w grid (levels made band by band).
+void bb_binned_inv_norms(const float* x, int h, int w, int64_t channels, int levels_n, float* inv_norm);
+// The G tile of `level` (image-1 grid rows [r_lo, r_hi) x image-2 grid rows [c_lo, c_hi), all cells, row-major) from
+// a G_0 tile (image-1 rows from r_lo0, image-2 rows from c_lo0, leading dimension ld0) holding the box halo.
+void bb_binned_box_gram(const float* g0, int64_t ld0, int r_lo0, int c_lo0, int h1, int w1, int h2, int w2, int level,
+                        int r_lo, int r_hi, int c_lo, int c_hi, float* out);
 
 int max_threads();
 

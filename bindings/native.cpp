@@ -120,24 +120,40 @@ F32 box_average(const py::handle& x_obj, int hp, int wp, int level) {
   return out;
 }
 
-F32 bb_binned_inv_norms(const py::list& levels_obj, int hp, int wp) {
-  const int n = static_cast<int>(levels_obj.size());
-  if (n < 1 || n > DF_BBB_MAX_LEVELS) throw py::value_error("bb_binned_inv_norms: 1..DF_BBB_MAX_LEVELS level maps");
-  std::vector<F32> keep;
-  std::vector<const float*> ptrs;
-  int64_t ch = -1;
-  for (int k = 0; k < n; ++k) {
-    keep.push_back(exact<float>(levels_obj[k], "levels[k]", 2));
-    if (keep.back().shape(0) != static_cast<int64_t>(hp) * wp) throw py::value_error("bb_binned_inv_norms: rows != hp*wp");
-    if (ch >= 0 && keep.back().shape(1) != ch) throw py::value_error("bb_binned_inv_norms: channel mismatch");
-    ch = keep.back().shape(1);
-    ptrs.push_back(keep.back().data());
-  }
+F32 bb_binned_inv_norms(const py::handle& x_obj, int hp, int wp, int hierarchy) {
+  auto x = exact<float>(x_obj, "x", 2);
+  if (hierarchy < 1 || hierarchy > DF_BBB_MAX_LEVELS) throw py::value_error("bb_binned_inv_norms: hierarchy 1..DF_BBB_MAX_LEVELS");
+  if (hp < 1 || wp < 1 || x.shape(0) != static_cast<int64_t>(hp) * wp) throw py::value_error("bb_binned_inv_norms: rows != hp*wp");
   F32 out({static_cast<int64_t>(hp) * wp});
+  const float* xp = x.data();
   float* op = out.mutable_data();
+  const int64_t ch = x.shape(1);
   py::gil_scoped_release nogil;
-  dinofeat::cpu::bb_binned_inv_norms(ptrs.data(), n, hp, wp, ch, op);
+  dinofeat::cpu::bb_binned_inv_norms(xp, hp, wp, ch, hierarchy, op);
   return out;
+}
+
+void bb_binned_box_gram(const py::handle& g0_obj, int r_lo0, int c_lo0, int h1, int w1, int h2, int w2, int level,
+                        int r_lo, int r_hi, int c_lo, int c_hi, const py::handle& out_obj) {
+  auto g0 = exact<float>(g0_obj, "g0", 2);
+  auto out = exact<float>(out_obj, "out", 2);
+  if (level < 1 || level >= DF_BBB_MAX_LEVELS || h1 < 1 || w1 < 1 || h2 < 1 || w2 < 1 || r_lo < 0 || r_hi > h1 ||
+      r_lo >= r_hi || c_lo < 0 || c_hi > h2 || c_lo >= c_hi)
+    throw py::value_error("bb_binned_box_gram: level or output rows outside the grids");
+  const int rad = dinofeat::box_radius(level);
+  // memory safety: G_0 must hold every row / column the boxes read, the output exactly the requested tile
+  const int need_r0 = dinofeat::box_lo(r_lo, rad), need_r1 = dinofeat::box_hi(r_hi - 1, rad, h1) + 1;
+  const int need_c0 = dinofeat::box_lo(c_lo, rad), need_c1 = dinofeat::box_hi(c_hi - 1, rad, h2) + 1;
+  if (r_lo0 < 0 || c_lo0 < 0 || r_lo0 > need_r0 || c_lo0 > need_c0 ||
+      g0.shape(0) < static_cast<int64_t>(need_r1 - r_lo0) * w1 || g0.shape(1) < static_cast<int64_t>(need_c1 - c_lo0) * w2)
+    throw py::value_error("bb_binned_box_gram: the G_0 tile does not hold the boxes of the output tile");
+  if (out.shape(0) != static_cast<int64_t>(r_hi - r_lo) * w1 || out.shape(1) != static_cast<int64_t>(c_hi - c_lo) * w2)
+    throw py::value_error("bb_binned_box_gram: out must be ((r_hi - r_lo) * w1, (c_hi - c_lo) * w2)");
+  const float* gp = g0.data();
+  float* op = out.mutable_data();
+  const int64_t ld0 = g0.shape(1);
+  py::gil_scoped_release nogil;
+  dinofeat::cpu::bb_binned_box_gram(gp, ld0, r_lo0, c_lo0, h1, w1, h2, w2, level, r_lo, r_hi, c_lo, c_hi, op);
 }
 
 void bb_binned_fold(const py::list& tiles_obj, const std::vector<int>& r_lo, const std::vector<int>& c_lo, int h1,
@@ -203,8 +219,12 @@ PYBIND11_MODULE(_native, m) {
         "Fold one chunk s (rows, T2) of S (global rows row0..) into row results and running column maxima");
   m.def("box_average", &box_average, py::arg("x"), py::arg("hp"), py::arg("wp"), py::arg("level"),
         "x (B, T, C) float32 -> the 3^level box average (valid-count normalised) of each map, as log_bin's levels");
-  m.def("bb_binned_inv_norms", &bb_binned_inv_norms, py::arg("levels"), py::arg("hp"), py::arg("wp"),
-        "level maps [(T, C) float32] -> 1 / max(||binned row||, 1e-8) (T,) float32");
+  m.def("bb_binned_inv_norms", &bb_binned_inv_norms, py::arg("x"), py::arg("hp"), py::arg("wp"),
+        py::arg("hierarchy"), "keys (T, C) float32 -> 1 / max(||binned row||, 1e-8) (T,) float32");
+  m.def("bb_binned_box_gram", &bb_binned_box_gram, py::arg("g0"), py::arg("r_lo0"), py::arg("c_lo0"), py::arg("h1"),
+        py::arg("w1"), py::arg("h2"), py::arg("w2"), py::arg("level"), py::arg("r_lo"), py::arg("r_hi"),
+        py::arg("c_lo"), py::arg("c_hi"), py::arg("out"),
+        "G tile of a level from a G_0 tile with its box halo (A1 . A2^T without the level maps), into out");
   m.def("bb_binned_fold", &bb_binned_fold, py::arg("tiles"), py::arg("r_lo"), py::arg("c_lo"), py::arg("h1"),
         py::arg("w1"), py::arg("h2"), py::arg("w2"), py::arg("a0"), py::arg("a1"), py::arg("b0"), py::arg("b1"),
         py::arg("row_scale"), py::arg("col_scale"), py::arg("row_val"), py::arg("row_idx"), py::arg("col_val"),

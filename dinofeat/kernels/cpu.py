@@ -11,7 +11,6 @@ packing workspace for one tile-sized GEMM, and O(T1 + T2).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -168,105 +167,11 @@ def best_buddies(d1: np.ndarray, d2: np.ndarray, *, precision: str = "fp32", chu
 # ------------------------------------------------------------------ binned Best Buddies (shifted Gram tiles)
 
 
-@dataclass(frozen=True)
-class BinnedTiling:
-    """Tiling of :func:`best_buddies_binned` on the CPU (defaults in :data:`BINNED_TILING`)."""
-
-    # Bytes of the Gram tiles of all levels together (the only buffers that grow with T1 * T2). At 32 MiB the paper
-    # pair (55x83 vs 55x55) runs as one image-2 band (20 MB of tiles, 38% of its dense 4565 x 3025 fp32 S); 4 MiB
-    # (7.6% of S) cuts image 2 into 8 bands with their halo rows: 1.5x the Gram FLOPs and 10x the GEMM / fold calls,
-    # measured 3.1x slower on the shared 2-core machine (benchmarks/results/bench_binned.json).
-    budget_bytes: int = 32 << 20
-    # Image-1 grid rows per step: at least this many cells, so that each Gram GEMM has enough rows ...
-    min_gemm_rows: int = 256
-    # ... and at least this multiple of the largest halo (3^(h-1)), so that the rows kept from the previous step
-    # (2 * halo) never overlap the ones they are copied from.
-    min_step_halos: int = 2
-
-
-BINNED_TILING = BinnedTiling()
-
-
-def binned_plan(grid1, grid2, hierarchy: int, tiling: BinnedTiling = BINNED_TILING) -> tuple[int, int]:
-    """``(step_rows, band_rows)``: image-1 grid rows per step and image-2 grid rows per band (balanced bands)."""
-    (h1, w1), (h2, w2) = grid1, grid2
-    halos = [3**k for k in range(hierarchy)]
-    step = max(tiling.min_step_halos * halos[-1], -(-tiling.min_gemm_rows // w1), 1)
-    step = min(step, h1)
-
-    def tile_bytes(band: int) -> int:
-        return sum(4 * min(step + 2 * s, h1) * w1 * min(band + 2 * s, h2) * w2 for s in halos)
-
-    band = h2
-    while band > 1 and tile_bytes(band) > tiling.budget_bytes:
-        band -= 1
-    n_bands = -(-h2 // band)
-    return step, -(-h2 // n_bands)
-
-
 def binned_levels(x: np.ndarray, grid, hierarchy: int) -> list[np.ndarray]:
     """Level maps ``[x, box3(x), ...]`` of a (T, C) float32 map, each (T, C) float32 (log_bin's own box average)."""
     nat = native()
     return [x] + [nat.box_average(x[None], int(grid[0]), int(grid[1]), k)[0] for k in range(1, hierarchy)]
 
 
-def best_buddies_binned(
-    k1: np.ndarray, grid1, k2: np.ndarray, grid2, *, hierarchy: int = 2, precision: str = "fp32",
-    tiling: BinnedTiling = BINNED_TILING,
-):
-    """Binned Best Buddies from shifted Gram tiles, never materialising the binned rows nor S.
-
-    Image 2 is cut into bands of grid rows (:func:`binned_plan`); for each band, image 1 is streamed in steps of
-    grid rows: the Gram tile of every level holds the step's rows with their halo (``3**level`` grid rows) against
-    the band with its halo, the halo rows of the previous step are kept (not recomputed), and the C++ fold adds the
-    ``1 + 8 h`` shifted terms, scales by the inverse binned norms and folds max/argmax (ties -> lowest index).
-
-    Args:
-        k1: (T1, C) float32 C-contiguous keys on grid1 = (Hp1, Wp1), T1 > 0; k2: (T2, C) on grid2, T2 > 0.
-        precision: "fp32"; "fp16"/"bf16" round the level maps to that type before the Gram GEMMs.
-
-    Returns:
-        ``(nn_1 int64 (T1,), sim_1 float32 (T1,), nn_2 int64 (T2,), sim_2 float32 (T2,), mask bool (T1,))``.
-    """
-    nat = native()
-    (h1, w1), (h2, w2) = (int(v) for v in grid1), (int(v) for v in grid2)
-    l1, l2 = binned_levels(k1, grid1, hierarchy), binned_levels(k2, grid2, hierarchy)
-    rs = nat.bb_binned_inv_norms(l1, h1, w1)
-    cs = nat.bb_binned_inv_norms(l2, h2, w2)
-    if precision != "fp32":
-        l1, l2 = [_rounded(x, precision) for x in l1], [_rounded(x, precision) for x in l2]
-    t1, t2 = h1 * w1, h2 * w2
-    nn_1 = np.full(t1, -1, dtype=np.int64)
-    sim_1 = np.full(t1, -np.inf, dtype=np.float32)
-    nn_2 = np.full(t2, -1, dtype=np.int64)
-    sim_2 = np.full(t2, -np.inf, dtype=np.float32)
-    step, band = binned_plan((h1, w1), (h2, w2), hierarchy, tiling)
-    halos = [3**k for k in range(hierarchy)]
-    cap = [min(step + 2 * s, h1) * w1 * min(band + 2 * s, h2) * w2 for s in halos]
-    bufs = [torch.empty(n, dtype=torch.float32) for n in cap]
-    t1s = [torch.from_numpy(x) for x in l1]
-    t2s = [torch.from_numpy(x) for x in l2]
-    for b0 in range(0, h2, band):
-        b1 = min(b0 + band, h2)
-        c_lo = [max(b0 - s, 0) for s in halos]
-        cols = [(min(b1 + s, h2) - lo) * w2 for s, lo in zip(halos, c_lo, strict=True)]
-        right = [t2s[k][c_lo[k] * w2 : c_lo[k] * w2 + cols[k]].t() for k in range(hierarchy)]
-        held = [(0, 0)] * hierarchy
-        for a0 in range(0, h1, step):
-            a1 = min(a0 + step, h1)
-            tiles, r_lo = [], []
-            for k, s in enumerate(halos):
-                lo, hi = max(a0 - s, 0), min(a1 + s, h1)
-                tile = bufs[k][: (hi - lo) * w1 * cols[k]].view((hi - lo) * w1, cols[k])
-                keep = max(0, held[k][1] - lo) if held[k][1] > held[k][0] else 0
-                if keep:  # rows [lo, lo + keep) were computed by the previous step: move them to the front
-                    prev = bufs[k][: (held[k][1] - held[k][0]) * w1 * cols[k]].view(-1, cols[k])
-                    src = prev[(lo - held[k][0]) * w1 : (lo - held[k][0] + keep) * w1]
-                    np.copyto(tile[: keep * w1].numpy(), src.numpy())  # one memmove (numpy buffers overlaps)
-                torch.matmul(t1s[k][(lo + keep) * w1 : hi * w1], right[k], out=tile[keep * w1 :])
-                held[k] = (lo, hi)
-                tiles.append(tile.numpy())
-                r_lo.append(lo)
-            nat.bb_binned_fold(tiles, r_lo, c_lo, h1, w1, h2, w2, a0, a1, b0, b1, rs, cs, sim_1, nn_1, sim_2, nn_2)
-    mask = nn_2[nn_1] == np.arange(t1)
-    return nn_1, sim_1, nn_2, sim_2, mask
+# The binned Best Buddies tile loop lives in cpu_binned.py (kept apart to keep this module small).
+from .cpu_binned import BINNED_TILING, BinnedTiling, best_buddies_binned, binned_plan  # noqa: E402, F401

@@ -12,7 +12,7 @@ import torch
 from kernels_helpers import check_bb_against
 
 from dinofeat import InputError, kernels
-from dinofeat.kernels import cpu
+from dinofeat.kernels import cpu, cpu_binned
 from dinofeat.kernels import reference as R
 
 # (grid1, grid2, channels): 1x1, 1xN against Nx1, 3x3, mismatched sizes, and the paper pair's 55x83 vs 55x55
@@ -78,10 +78,40 @@ def test_cpu_tiling_bands_and_steps(needs_native):
     k1, k2 = _keys(g1, 5, 5).numpy(), _keys(g2, 5, 6).numpy()
     ref, s = dense_oracle(torch.from_numpy(k1), g1, torch.from_numpy(k2), g2)
     for budget, rows in ((1, 1), (20_000, 8), (30_000, 3)):
-        tiling = cpu.BinnedTiling(budget_bytes=budget, min_gemm_rows=rows, min_step_halos=1)
-        step, band = cpu.binned_plan(g1, g2, 2, tiling)
+        tiling = cpu.BinnedTiling(budget_bytes=budget, min_gemm_rows=rows)
+        step, band = cpu.binned_plan(g1, g2, 2, tiling, channels=5)
         assert band < g2[0] and step < g1[0]
         check_bb_against(cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling), ref, s, tie_tol=1e-6)
+        low = cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling, precision="bf16")  # one GEMM per level
+        full = cpu.best_buddies_binned(k1, g1, k2, g2, precision="bf16")
+        assert all(np.array_equal(a, b) for a, b in zip(low, full, strict=True))
+
+
+def test_default_tiles_fit_the_budget_of_the_dense_s():
+    """The default plan's tiles stay within BinnedTiling.budget_fraction (7%) of the dense fp32 S from the paper
+    pair at 224 up (below 1 MiB of tiles, small inputs may take more than the fraction)."""
+    for g1, g2 in (((55, 83), (55, 55)), ((79, 119), (79, 79)), ((119, 179), (119, 119)), ((3, 9), (4, 4))):
+        t1, t2 = g1[0] * g1[1], g2[0] * g2[1]
+        step, band = cpu.binned_plan(g1, g2, 2)
+        _, nbytes = cpu_binned._plan_cost(g1, g2, 384, step, band, 2, True)
+        assert nbytes <= max(0.07 * 4 * t1 * t2, cpu.BINNED_TILING.min_budget_bytes), (g1, step, band, nbytes)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_box_gram_equals_the_gram_of_the_level_maps(level, needs_native):
+    """A1 . A2^T (box-averaged keys) == box sums of K1 . K2^T over both boxes / the two counts, on a sub-tile."""
+    g1, g2 = (9, 7), (8, 6)
+    k1, k2 = _keys(g1, 6, 11), _keys(g2, 6, 12)
+    a1 = R.box_average(k1.reshape(1, *g1, -1), level).reshape(-1, 6)
+    a2 = R.box_average(k2.reshape(1, *g2, -1), level).reshape(-1, 6)
+    want = (a1.double() @ a2.double().T).numpy()
+    g0 = (k1 @ k2.T).numpy()
+    r_lo, r_hi, c_lo, c_hi = 2, 7, 1, 5
+    out = np.empty(((r_hi - r_lo) * g1[1], (c_hi - c_lo) * g2[1]), np.float32)
+    cpu.native().bb_binned_box_gram(g0, 0, 0, *g1, *g2, level, r_lo, r_hi, c_lo, c_hi, out)
+    np.testing.assert_allclose(out, want[r_lo * g1[1]:r_hi * g1[1], c_lo * g2[1]:c_hi * g2[1]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not hold the boxes"):
+        cpu.native().bb_binned_box_gram(g0[g1[1]:], 1 + level, 0, *g1, *g2, level, r_lo, r_hi, c_lo, c_hi, out)
 
 
 def _row_constant(grid, c, seed):
