@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import flops as FL
+from . import timing as T
 from .timing import Clock, PeakRSS, measure, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,9 @@ class Config:
     # (`flops.gemm_rates`). Smoke tests pass a small one: the default shapes are ~400 GFLOP (seconds to minutes).
     floor_shapes: list[tuple[int, int, int]] | None = None
     floor_copy_bytes: int | None = None  # buffer of the copy-bandwidth floor; None = 256 MiB (32 MiB with --quick)
+    # Before each memory mark: a full gc.collect() (True: the tightest peak-RSS figures) or only the youngest
+    # generation (False: ~0.3 s less per mark in a large process; smoke tests, where the figures are not read).
+    full_gc: bool = True
 
 
 def _default_out() -> Path:
@@ -837,6 +841,7 @@ def run(cfg: Config) -> dict:
     cache_ctx = tempfile.TemporaryDirectory(prefix="dinofeat-bench-cache-")
     old_cache = os.environ.get("DINOFEAT_CACHE")
     os.environ["DINOFEAT_CACHE"] = cache_ctx.name  # exported graphs / engines of this run only
+    full_gc, T.FULL_GC = T.FULL_GC, cfg.full_gc
     try:
         result["floor"] = r.floor()
         ex = r.extractor("torch", "fp32")
@@ -885,6 +890,7 @@ def run(cfg: Config) -> dict:
         result["baseline"] = baseline
         result["kernels_microbench"] = r.kernel_bench() if cfg.kernel_bench else {"skipped": "--no-kernel-bench"}
     finally:
+        T.FULL_GC = full_gc
         if old_cache is None:
             os.environ.pop("DINOFEAT_CACHE", None)
         else:

@@ -45,8 +45,11 @@ def current_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+FULL_GC = True  # _trim: a full gc.collect() (False: the youngest generation only; see runner.Config.full_gc)
+
+
 def _trim() -> None:
-    gc.collect()
+    gc.collect(2 if FULL_GC else 0)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -98,7 +98,7 @@ def test_runner_writes_json_markdown_and_plots(tmp_path):
     # smaller than --quick: two tiny sizes, one matrix size, no ONNX export (it is tested elsewhere)
     cfg.sizes, cfg.batch_at, cfg.matrix_sizes, cfg.e2e_sizes, cfg.baseline_size = [24, 32], [24], [24], [24], 24
     cfg.backends = ["onnxruntime-cuda", "onnxruntime-trt", "tensorrt"]
-    cfg.repeat, cfg.warmup = 1, 1
+    cfg.repeat, cfg.warmup, cfg.full_gc = 1, 1, False
     cfg.floor_shapes, cfg.floor_copy_bytes = [(128, 384, 256)], 4 << 20  # the real floor is ~400 GFLOP of GEMMs
     threads = torch.get_num_threads()
     try:

@@ -81,8 +81,9 @@ def test_help_lists_commands():
         assert cmd in out
 
 
-def test_weights_download_verify_list_via_local_server(tmp_path, vits8_weights_file):
-    """`dinofeat weights download --url` from a real HTTP server on 127.0.0.1, then verify and list."""
+def test_weights_download_verify_list_via_local_server(tmp_path, vits8_weights_file, capsys, monkeypatch):
+    """`dinofeat weights download --url` from a real HTTP server on 127.0.0.1, then verify and list (the first and
+    last commands in a real process, for the exit codes and streams a user sees; the others in-process)."""
     import functools
     import http.server
     import os
@@ -108,13 +109,23 @@ def test_weights_download_verify_list_via_local_server(tmp_path, vits8_weights_f
             assert not check or p.returncode == 0, p.stderr
             return p
 
+        def in_process(*args):
+            from dinofeat.cli import main
+
+            monkeypatch.setenv("DINOFEAT_CACHE", str(tmp_path / "cache"))
+            capsys.readouterr()
+            code = main(list(args))
+            return code, capsys.readouterr().out
+
         bad = cli("weights", "download", "dino_vits8", "--url", url, "--sha256", "0" * 64, check=False)
         assert bad.returncode == 2 and sha in bad.stderr and "Traceback" not in bad.stderr
-        out = cli("weights", "download", "dino_vits8", "--url", url, "--sha256", sha).stdout
+        code, out = in_process("weights", "download", "dino_vits8", "--url", url, "--sha256", sha)
         path = out.strip().split(": ", 1)[1]
-        assert file_sha256(path) == sha and str(tmp_path / "cache") in path
-        assert "OK" in cli("weights", "verify", "dino_vits8").stdout
-        assert path in cli("weights", "list").stdout
+        assert code == 0 and file_sha256(path) == sha and str(tmp_path / "cache") in path
+        code, out = in_process("weights", "verify", "dino_vits8")
+        assert code == 0 and "OK" in out
+        code, out = in_process("weights", "list")
+        assert code == 0 and path in out
         with open(path, "r+b") as f:  # corrupt the cached file: verify must fail, exit 1
             f.seek(1000)
             f.write(b"\x00" * 16)

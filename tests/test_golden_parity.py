@@ -69,12 +69,24 @@ def test_binned_descriptor_rows_match_golden(extractor, golden):
         assert rel_err(rows, g[f"descriptors{k}_sampled"]) < 1e-4
 
 
+@pytest.fixture(scope="module")
+def views(extractor):
+    """The pair's extracted data, once (a Matcher's feature store), as `match_views` takes it."""
+    from dinofeat.correspondences import view_of
+
+    m = dinofeat.Matcher(extractor=extractor, load_size=224)
+    fs = [m.features(EXAMPLES / f"img_{k}.png") for k in ("a", "b")]
+    return [view_of(f, 0, 9, f.image) for f in fs]
+
+
 @pytest.mark.parametrize("name", ["golden_pair_ab_224_t0.05", "golden_pair_ab_224_t-1"])
-def test_points_given_golden_kmeans_labels(extractor, golden, name):
+def test_points_given_golden_kmeans_labels(views, golden, name):
+    """The per-pair step `find_correspondences` runs (`match_views`), given the golden k-means labels."""
+    from dinofeat.correspondences import match_views
+
     g = golden(name)
     thresh = 0.05 if name.endswith("0.05") else -1.0
-    corr = dinofeat.find_correspondences(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", num_pairs=10,
-                                         thresh=thresh, extractor=extractor, kmeans_labels=g["kmeans_labels"])
+    corr = match_views(*views, num_pairs=10, thresh=thresh, kmeans_labels=g["kmeans_labels"])
     np.testing.assert_array_equal(corr.bbs_mask.numpy(), g["bbs_mask"])
     np.testing.assert_array_equal(corr.indices1, g["indices_to_show"])
     assert corr.points1 == [tuple(map(int, p)) for p in g["points1_yx"]]
