@@ -8,16 +8,17 @@
 * Per load, timed interleaved in this process (median of --repeat at 224, one call at larger loads; every sample
   kept): ``dense`` = ``best_buddies(b1, b2)`` on the materialised binned rows (the path before issue 10, rows made
   beforehand), ``binned`` = ``best_buddies_binned(k1, ..., k2, ...)`` (default: one G_0 = K1 K2^T GEMM per tile,
-  higher levels as box sums of G_0, tiles within 7% of the dense S), ``binned_level_gemms`` (one GEMM per level of
-  the level maps, the previous method, same budget) and ``binned_32MiB`` (the default method with the previous
-  32 MiB of tiles); the GEMM rate (one T1 x T2 x C fp32 GEMM) and from it the arithmetic floors: the default
+  higher levels as box sums of G_0, the "fast" tiling: 32 MiB of tiles), ``binned_low_memory`` (the same with tiles
+  within 6% of the dense S) and ``binned_level_gemms`` (one GEMM per level of the level maps, the previous method,
+  "fast" tiling); the GEMM rate (one T1 x T2 x C fp32 GEMM) and from it the arithmetic floors: the default
   method's one Gram GEMM (2 T1 T2 C FLOP) and the issue's 2 Gram GEMMs (4 T1 T2 C FLOP).
 * Peak extra memory of each method: one call in a fresh child process (inputs made and touched, code paths warmed on
-  tiny inputs, VmHWM reset through /proc/self/clear_refs): VmHWM after - VmRSS before, vs the dense T1 x T2 fp32 S
-  (the dense path's child is skipped at 480, where it alone takes ~10 minutes: its tiles are ~1 MiB at any size).
+  small inputs (dense: 8 x 700 rows; binned: a 6-row strip of each grid), VmHWM reset through /proc/self/clear_refs): VmHWM after - VmRSS before, vs the dense T1 x T2 fp32 S
+  (``--dense-max-load`` skips the dense path above a load).
 * log_bin with a warm ``out=`` buffer vs a fresh array: min and median.
 * End to end (paper pair, deterministic weights, 224): ``find_correspondences`` default (binned Gram) vs
-  ``exact_gemm=True`` in the same run, with their outputs against the golden pair.
+  ``exact_gemm=True`` in the same run (one untimed warm-up call of each, then --e2e-repeat interleaved rounds), with
+  their outputs against the golden pair.
 * bf16 on this CPU: ISA flags (avx512_bf16 / amx_bf16), the bf16 vs fp32 GEMM rate, and (``--bf16-load``, 112 by
   default) the paper pair end to end in bf16 vs fp32 with the best-buddy Jaccard: on an AVX2-only CPU bf16 is
   emulated, so the rows are reported as they are (no bf16 path can beat fp32 there).
@@ -41,8 +42,7 @@ import torch
 GOLDEN = Path(os.environ.get("DINOFEAT_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 GRIDS = {224: ((55, 83), (55, 55)), 320: ((79, 119), (79, 79)), 480: ((119, 179), (119, 119))}
 C = 384
-PREVIOUS_TILING_BYTES = 32 << 20  # the default tile budget before the fraction-of-S budget
-METHODS = ("dense", "binned", "binned_level_gemms", "binned_32MiB")
+METHODS = ("dense", "binned", "binned_low_memory", "binned_level_gemms")
 
 
 def _loadavg() -> list[float]:
@@ -107,8 +107,9 @@ def _child(method: str, load: int) -> dict:
 
         def fn():
             return kernels.best_buddies(b1, b2)
-    else:
-        kernels.best_buddies_binned(k1[:4 * 9], (4, 9), k2[:5 * 7], (5, 7))
+    else:  # warm on a 6-row strip of each grid: the same GEMM / box / fold code paths as the call
+        w1, w2 = g1[1], g2[1]
+        _binned_methods(k1[:6 * w1], (6, w1), k2[:6 * w2], (6, w2))[method]()
         fn = _binned_methods(k1, g1, k2, g2)[method]
     before = _reset_peak_rss_kb()
     t0 = time.perf_counter()
@@ -120,10 +121,9 @@ def _child(method: str, load: int) -> dict:
 def _binned_methods(k1, g1, k2, g2) -> dict:
     from dinofeat.kernels import cpu
 
-    previous = cpu.BinnedTiling(budget_bytes=PREVIOUS_TILING_BYTES)
-    return {"binned": lambda: cpu.best_buddies_binned(k1, g1, k2, g2),
-            "binned_level_gemms": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, level_gemms=True),
-            "binned_32MiB": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling=previous)}
+    return {"binned": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="fast"),
+            "binned_low_memory": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="low_memory"),
+            "binned_level_gemms": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="fast", level_gemms=True)}
 
 
 def _in_child(method: str, load: int) -> dict:
@@ -154,11 +154,11 @@ def bench_load(load: int, repeat: int, memory: bool = True, skip_dense: bool = F
            "loadavg_before": load0, "loadavg_after": _loadavg(),
            "times_s": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
            "median_s": {k: _med(vs) for k, vs in times.items()},
-           "plans (step_rows, band_rows)": {"binned": cpu.binned_plan(g1, g2, 2),
-                                            "binned_level_gemms": cpu.binned_plan(g1, g2, 2, box=False),
-                                            "binned_32MiB": cpu.binned_plan(
-                                                g1, g2, 2, cpu.BinnedTiling(budget_bytes=PREVIOUS_TILING_BYTES))},
-           "tile_budget_bytes": cpu_binned.budget(t1, t2)}
+           "plans (step_rows, band_rows)": {
+               "binned": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["fast"]),
+               "binned_low_memory": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["low_memory"]),
+               "binned_level_gemms": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["fast"], box=False)},
+           "tile_budget_bytes": {k: cpu_binned.budget(t1, t2, cpu.TILINGS[k]) for k in cpu.TILINGS}}
     m = res["median_s"]
     gemm_rate = 2 * t1 * t2 * C / m["gemm_TxTxC"]
     res["gemm_GFLOPs"] = gemm_rate / 1e9
@@ -167,7 +167,7 @@ def bench_load(load: int, repeat: int, memory: bool = True, skip_dense: bool = F
     res["binned_floor_1gram_s"] = 2 * t1 * t2 * C / gemm_rate
     res["binned_floor_GFLOP"] = 4 * t1 * t2 * C / 1e9  # the issue's floor: 2 Gram GEMMs
     res["binned_floor_s"] = 4 * t1 * t2 * C / gemm_rate
-    for k in ("binned", "binned_level_gemms", "binned_32MiB"):
+    for k in METHODS[1:]:
         res[f"{k}_fraction_of_floor"] = res["binned_floor_s"] / m[k]
         res[f"{k}_fraction_of_1gram_floor"] = res["binned_floor_1gram_s"] / m[k]
         if "dense" in m:
@@ -226,6 +226,7 @@ def bench_end_to_end(repeat: int) -> dict:
                                              load_size=224, extractor=ex, exact_gemm=exact)
 
     outs = {}
+    run(False), run(True)  # warm-up: first-touch pages, thread pools, k-means (not timed)
     load0 = _loadavg()
     times = _interleaved({"binned_gram": lambda: outs.__setitem__("binned_gram", run(False)),
                           "exact_gemm": lambda: outs.__setitem__("exact_gemm", run(True))}, repeat)
@@ -310,8 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("--loads", type=int, nargs="+", default=[224, 320])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-e2e", action="store_true")
-    p.add_argument("--e2e-repeat", type=int, default=2)
-    p.add_argument("--dense-max-load", type=int, default=320, help="larger loads skip the dense path (~10 min at 480)")
+    p.add_argument("--e2e-repeat", type=int, default=4)
+    p.add_argument("--dense-max-load", type=int, default=480, help="larger loads skip the dense path")
     p.add_argument("--bf16-load", type=int, default=112, help="load of the bf16 end-to-end probe (0: skip)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = p.parse_args(argv)

@@ -111,14 +111,14 @@ void bb_binned_fold(const BinnedGeom& g, int a0, int a1, int b0, int b1, const f
 
 void bb_binned_inv_norms(const float* x, int h, int w, int64_t ch, int levels_n, float* inv_norm) {
   // Level maps are box averages of x, made a band of grid rows at a time (the band plus its halo rows, ~1 MB),
-  // so that no (T, C) level map is ever held: box_average on a band treats its first / last rows as borders, which
+  // so that no (T, C) level map is ever held (~0.5 MB here): box_average on a band treats its first / last rows as borders, which
   // is exact for the band's own rows whenever the halo rows exist (and the true border otherwise).
   const int64_t cells = static_cast<int64_t>(h) * w, row_len = static_cast<int64_t>(w) * ch;
   std::vector<double> sq(static_cast<size_t>(levels_n * cells));
   squared_norms(x, sq.data(), cells, ch);
   for (int k = 1; k < levels_n; ++k) {
     const int rad = box_radius(k);
-    const int band = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(h, (int64_t{1} << 18) / std::max<int64_t>(row_len, 1))));
+    const int band = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(h, (int64_t{1} << 16) / std::max<int64_t>(row_len, 1))));
     std::vector<float> buf(static_cast<size_t>(std::min(h, band + 2 * rad) * row_len));
     for (int y0 = 0; y0 < h; y0 += band) {
       const int y1 = std::min(y0 + band, h), lo = std::max(y0 - rad, 0), hi = std::min(y1 + rad, h);

@@ -174,4 +174,4 @@ def binned_levels(x: np.ndarray, grid, hierarchy: int) -> list[np.ndarray]:
 
 
 # The binned Best Buddies tile loop lives in cpu_binned.py (kept apart to keep this module small).
-from .cpu_binned import BINNED_TILING, BinnedTiling, best_buddies_binned, binned_plan  # noqa: E402, F401
+from .cpu_binned import BINNED_TILING, TILINGS, BinnedTiling, best_buddies_binned, binned_plan, resolve_tiling  # noqa: E402, F401

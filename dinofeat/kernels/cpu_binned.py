@@ -15,6 +15,8 @@ previous step already computed (its halo), so image 1 is never recomputed, image
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +25,12 @@ import torch
 
 @dataclass(frozen=True)
 class BinnedTiling:
-    """Tiling of :func:`best_buddies_binned` on the CPU (defaults in :data:`BINNED_TILING`)."""
+    """Tiling of :func:`best_buddies_binned` on the CPU (presets in :data:`TILINGS`)."""
 
     # Bytes of all tiles of one step together (the only buffers that grow with T1 * T2): this fraction of the dense
     # fp32 S (4 * T1 * T2 bytes) ...
-    budget_fraction: float = 0.07
-    # ... but at least this (tiny inputs: memory is no concern, fewer calls are faster) and at most this (beyond,
-    # larger tiles save nothing measurable). The paper pair at 224 (55x83 vs 55x55, S = 52.7 MiB) gets 3.7 MiB.
+    budget_fraction: float = 0.06
+    # ... but at least this (tiny inputs: memory is no concern, fewer calls are faster) and at most this.
     min_budget_bytes: int = 1 << 20
     max_budget_bytes: int = 64 << 20
     # A fixed budget instead of the three fields above (None: derived from them).
@@ -38,13 +39,43 @@ class BinnedTiling:
     min_gemm_rows: int = 128
 
 
-BINNED_TILING = BinnedTiling()
+# Presets by name (measured in benchmarks/results/bench_binned.json, README "Binned Best Buddies"):
+TILINGS = {
+    # Speed first (default): 6% of the dense S but at least 32 MiB of tiles (at most 64 MiB). The paper pair at 224
+    # runs in one image-2 band: 4.6x the dense path, 34 MiB of peak extra memory (65% of the dense S it never makes;
+    # 6% at 480).
+    "fast": BinnedTiling(min_budget_bytes=32 << 20),
+    # Memory first: tiles within 6% of the dense S, at least 4 MiB: peak extra memory <= 10% of the dense S from 320
+    # up. At 224 the ~3 MiB the call needs besides its tiles (BLAS workspace, fold and box buffers) is already 6% of
+    # S, and tiles small enough for 10% lose to the dense path, so it takes 4 MiB there (~13%).
+    "low_memory": BinnedTiling(min_budget_bytes=4 << 20),
+}
+DEFAULT_TILING = "fast"
+TILING_ENV = "DINOFEAT_BINNED_TILING"  # a preset name: the process-wide default (e.g. low_memory on a robot)
+BINNED_TILING = TILINGS[DEFAULT_TILING]
 
-# Cost model of the planner, in float operations: the box sums of a higher-level tile cost about this many per
-# element (up to 9 summed rows + 6 adds + 1 division, memory-bound) and every tile about this much overhead
-# (a GEMM call, a box call, a fold call with its OpenMP fork/join).
-_BOX_FLOPS_PER_ELEMENT = 24.0
-_TILE_OVERHEAD_FLOPS = 2e6
+
+def resolve_tiling(tiling=None) -> BinnedTiling:
+    """A `BinnedTiling` from None (``$DINOFEAT_BINNED_TILING``, else "fast"), a preset name or an instance."""
+    from ..errors import InputError
+
+    if isinstance(tiling, BinnedTiling):
+        return tiling
+    name, where = tiling, "tiling"
+    if tiling is None:
+        name, where = os.environ.get(TILING_ENV, "").strip() or DEFAULT_TILING, TILING_ENV
+    if not isinstance(name, str) or name not in TILINGS:
+        raise InputError(f"{where}={name!r}: expected one of {sorted(TILINGS)} (or a BinnedTiling)")
+    return TILINGS[name]
+
+
+# Cost model of the planner, in GEMM float operations (calibrated on the 2-core AMD EPYC, GEMM ~100 GFLOP/s at
+# these shapes): the box sums of a new higher-level tile element cost about as much as 260 of them (up to 9 summed
+# rows + 6 adds + 1 division, memory-bound), a float of a kept halo row moved to the front of its buffer 40, and
+# every step of every tile ~5e6 (a GEMM call, a box call, a fold call with its OpenMP fork/join, Python).
+_BOX_FLOPS_PER_ELEMENT = 260.0
+_COPY_FLOPS_PER_FLOAT = 40.0
+_TILE_OVERHEAD_FLOPS = 5e6
 
 
 def _levels_plan(hierarchy: int, box: bool) -> tuple[list[int], list[int]]:
@@ -72,13 +103,12 @@ def _plan_cost(grid1, grid2, c: int, step: int, band: int, hierarchy: int, box: 
     n_steps, n_bands = -(-h1 // step), -(-h2 // band)
     rows = lambda s: min(step + 2 * s, h1) * w1  # noqa: E731 - tile rows of a halo s
     cols = lambda s: min(band + 2 * s, h2) * w2  # noqa: E731
-    tile_bytes = 4 * sum(rows(s) * cols(s) for s in src)
+    halos = src + (fold[1:] if box else [])
+    tile_bytes = 4 * sum(rows(s) * cols(s) for s in halos)
     gemm = sum(2.0 * c * h1 * w1 * cols(s) * n_bands for s in src)
-    boxed = 0.0
-    if box and hierarchy > 1:
-        tile_bytes += 4 * sum(rows(s) * cols(s) for s in fold[1:])
-        boxed = _BOX_FLOPS_PER_ELEMENT * n_steps * n_bands * sum(rows(s) * cols(s) for s in fold[1:])
-    return gemm + boxed + _TILE_OVERHEAD_FLOPS * n_steps * n_bands * (1 + len(fold)), tile_bytes
+    boxed = _BOX_FLOPS_PER_ELEMENT * h1 * w1 * n_bands * sum(cols(s) for s in fold[1:]) if box else 0.0
+    kept = _COPY_FLOPS_PER_FLOAT * n_steps * n_bands * sum(min(2 * s, h1) * w1 * cols(s) for s in halos)
+    return gemm + boxed + kept + _TILE_OVERHEAD_FLOPS * n_steps * n_bands * len(halos), tile_bytes
 
 
 def binned_plan(grid1, grid2, hierarchy: int, tiling: BinnedTiling = BINNED_TILING, *, channels: int = 384,
@@ -105,18 +135,19 @@ def binned_plan(grid1, grid2, hierarchy: int, tiling: BinnedTiling = BINNED_TILI
     return step, -(-h2 // n_bands)
 
 
-class _StreamedGram:
-    """GEMM'd tile ``L1[rows] . L2[band cols]^T`` of one source, streamed over image-1 steps: the rows the previous
-    step computed are moved to the front of the buffer (in chunks that never overlap their source), only the new
-    rows are multiplied."""
+class _StreamedTile:
+    """A tile of G (image-1 grid rows with a halo of `halo` rows x a fixed set of image-2 columns), streamed over
+    image-1 steps: the rows the previous step computed are moved to the front of the buffer (in chunks that never
+    overlap their source), and only the new rows are computed, by ``compute(r0, r1, out)`` (grid rows r0..r1 into
+    the ((r1 - r0) * w1, cols) view `out`): a GEMM for G_0, box sums of G_0 for the higher levels."""
 
-    def __init__(self, left: torch.Tensor, right: torch.Tensor, w1: int, h1: int, halo: int, cap: int):
-        self.left, self.right, self.w1, self.h1, self.halo = left, right, w1, h1, halo
-        self.buf = torch.empty(cap, dtype=torch.float32)
+    def __init__(self, compute, cols: int, w1: int, h1: int, halo: int, buf: torch.Tensor):
+        self.compute, self.cols, self.w1, self.h1, self.halo, self.buf = compute, cols, w1, h1, halo, buf
         self.held = (0, 0)
+        self.last: tuple[np.ndarray, int] | None = None  # this step's tile and its first grid row
 
     def step(self, a0: int, a1: int) -> tuple[np.ndarray, int]:
-        w1, cols = self.w1, self.right.shape[1]
+        w1, cols = self.w1, self.cols
         lo, hi = max(a0 - self.halo, 0), min(a1 + self.halo, self.h1)
         tile = self.buf[: (hi - lo) * w1 * cols].view((hi - lo) * w1, cols)
         keep = max(0, self.held[1] - lo) if self.held[1] > self.held[0] else 0
@@ -126,14 +157,26 @@ class _StreamedGram:
             for r in range(0, keep, shift):  # chunks no longer than the shift: never overlapping their source
                 n = min(shift, keep - r)
                 tile[r * w1 : (r + n) * w1] = prev[(shift + r) * w1 : (shift + r + n) * w1]
-        torch.matmul(self.left[(lo + keep) * w1 : hi * w1], self.right, out=tile[keep * w1 :])
+        if lo + keep < hi:
+            self.compute(lo + keep, hi, tile[keep * w1 :])
         self.held = (lo, hi)
-        return tile.numpy(), lo
+        self.last = (tile.numpy(), lo)
+        return self.last
+
+
+def _gemm_rows(left: torch.Tensor, right_t: torch.Tensor, w1: int, r0: int, r1: int, out: torch.Tensor) -> None:
+    torch.matmul(left[r0 * w1 : r1 * w1], right_t, out=out)
+
+
+def _box_rows(nat, g0: _StreamedTile, c_lo0: int, grids: tuple, level: int, c_lo: int, c_hi: int, r0: int, r1: int,
+              out: torch.Tensor) -> None:
+    tile, r_lo0 = g0.last
+    nat.bb_binned_box_gram(tile, r_lo0, c_lo0, *grids, level, r0, r1, c_lo, c_hi, out.numpy())
 
 
 def best_buddies_binned(
     k1: np.ndarray, grid1, k2: np.ndarray, grid2, *, hierarchy: int = 2, precision: str = "fp32",
-    tiling: BinnedTiling = BINNED_TILING, level_gemms: bool = False,
+    tiling: BinnedTiling | str | None = None, level_gemms: bool = False,
 ):
     """Binned Best Buddies from shifted Gram tiles, never materialising the binned rows, the level maps nor S.
 
@@ -144,6 +187,8 @@ def best_buddies_binned(
     Args:
         k1: (T1, C) float32 C-contiguous keys on grid1 = (Hp1, Wp1), T1 > 0; k2: (T2, C) on grid2, T2 > 0.
         precision: "fp32"; "fp16"/"bf16" round the level maps to that type before the Gram GEMMs.
+        tiling: a preset name of :data:`TILINGS`, a `BinnedTiling`, or None (``$DINOFEAT_BINNED_TILING``, else
+            "fast").
         level_gemms: in fp32 too, one GEMM per level of the level maps (made whole) instead of box sums of G_0
             (the previous method and the CUDA path's arithmetic; for comparison).
 
@@ -168,33 +213,29 @@ def best_buddies_binned(
     sim_1 = np.full(t1, -np.inf, dtype=np.float32)
     nn_2 = np.full(t2, -1, dtype=np.int64)
     sim_2 = np.full(t2, -np.inf, dtype=np.float32)
-    step, band = binned_plan((h1, w1), (h2, w2), hierarchy, tiling, channels=k1.shape[1], box=box)
+    step, band = binned_plan((h1, w1), (h2, w2), hierarchy, resolve_tiling(tiling), channels=k1.shape[1], box=box)
     src_halos, fold_halos = _levels_plan(hierarchy, box)
     rows = lambda s: min(step + 2 * s, h1) * w1  # noqa: E731 - most tile rows for a halo s
     cols = lambda s: min(band + 2 * s, h2) * w2  # noqa: E731
-    boxed = [torch.empty(rows(s) * cols(s), dtype=torch.float32) for s in fold_halos[1:]] if box else []
     left = [torch.from_numpy(np.ascontiguousarray(x)) for x in maps1]
     right_maps = [torch.from_numpy(np.ascontiguousarray(x)) for x in maps2]
-    caps = [rows(s) * cols(s) for s in src_halos]
+    halos = src_halos + (fold_halos[1:] if box else [])
+    bufs = [torch.empty(rows(s) * cols(s), dtype=torch.float32) for s in halos]  # reused by every band
     for b0 in range(0, h2, band):
         b1 = min(b0 + band, h2)
-        c_src = [max(b0 - s, 0) for s in src_halos]
-        sources = [_StreamedGram(left[k], right_maps[k][lo * w2 : min(b1 + s, h2) * w2].t(), w1, h1, s, caps[k])
-                   for k, (s, lo) in enumerate(zip(src_halos, c_src, strict=True))]
+        c_lo = [max(b0 - s, 0) for s in halos]
+        c_hi = [min(b1 + s, h2) for s in halos]
+        tiles = [_StreamedTile(functools.partial(_gemm_rows, left[k], right_maps[k][c_lo[k] * w2 : c_hi[k] * w2].t(),
+                                                 w1), (c_hi[k] - c_lo[k]) * w2, w1, h1, s, bufs[k])
+                 for k, s in enumerate(src_halos)]
+        for k in range(len(src_halos), len(halos)):  # box levels (fp32): from this step's G_0 tile
+            level = k - len(src_halos) + 1
+            box_fn = functools.partial(_box_rows, nat, tiles[0], c_lo[0], (h1, w1, h2, w2), level, c_lo[k], c_hi[k])
+            tiles.append(_StreamedTile(box_fn, (c_hi[k] - c_lo[k]) * w2, w1, h1, halos[k], bufs[k]))
         for a0 in range(0, h1, step):
             a1 = min(a0 + step, h1)
-            got = [src.step(a0, a1) for src in sources]
-            tiles, r_lo, c_lo = [g[0] for g in got], [g[1] for g in got], list(c_src)
-            if box:
-                g0, r0 = got[0]
-                for k, s in enumerate(fold_halos[1:], start=1):
-                    lo, hi = max(a0 - s, 0), min(a1 + s, h1)
-                    clo, chi = max(b0 - s, 0), min(b1 + s, h2)
-                    out = boxed[k - 1][: (hi - lo) * w1 * (chi - clo) * w2].view((hi - lo) * w1, (chi - clo) * w2)
-                    nat.bb_binned_box_gram(g0, r0, c_src[0], h1, w1, h2, w2, k, lo, hi, clo, chi, out.numpy())
-                    tiles.append(out.numpy())
-                    r_lo.append(lo)
-                    c_lo.append(clo)
-            nat.bb_binned_fold(tiles, r_lo, c_lo, h1, w1, h2, w2, a0, a1, b0, b1, rs, cs, sim_1, nn_1, sim_2, nn_2)
+            got = [t.step(a0, a1) for t in tiles]  # G_0 first: the box levels read its step tile
+            nat.bb_binned_fold([g[0] for g in got], [g[1] for g in got], c_lo, h1, w1, h2, w2, a0, a1, b0, b1, rs,
+                               cs, sim_1, nn_1, sim_2, nn_2)
     mask = nn_2[nn_1] == np.arange(t1)
     return nn_1, sim_1, nn_2, sim_2, mask

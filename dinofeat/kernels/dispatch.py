@@ -369,7 +369,8 @@ def _check_binned_hierarchy(hierarchy) -> int:
 
 
 def best_buddies_binned(
-    keys1, num_patches1, keys2, num_patches2, *, hierarchy: int = 2, precision: str = "fp32", impl: str = "auto"
+    keys1, num_patches1, keys2, num_patches2, *, hierarchy: int = 2, precision: str = "fp32", impl: str = "auto",
+    tiling=None,
 ):
     """Best Buddies of the log-binned descriptors, without materialising the binned rows nor S.
 
@@ -378,7 +379,8 @@ def best_buddies_binned(
     from h Gram matrices of the level maps (raw keys, 3x3 averages, ...) read at the bins' shifted, clamped cells:
     ``binned1[i] . binned2[j] = sum_b G_l(b)[clamp1(i + o_b), clamp2(j + o_b)]``, ``G_l = L1_l @ L2_l.T``, with
     K = C instead of K = (1 + 8 h) C. The fast paths tile it: Gram tiles with their halo, the shifted adds and the
-    max/argmax fused per tile (extra memory: the tiles, ~4 MiB on the CPU).
+    max/argmax fused per tile (extra memory: the tiles). On the CPU only G_0 = K1 K2^T is a GEMM; the higher levels
+    are box sums of it (no level maps are made).
 
     Args:
         keys1: (T1, C) unbinned descriptors of image 1, tokens row-major over ``num_patches1 = (Hp1, Wp1)``;
@@ -387,6 +389,9 @@ def best_buddies_binned(
         hierarchy: log-bin levels h in 1..4 (2: the original's 17 bins).
         precision: "fp32" (default); "fp16"/"bf16" round the level maps to that type before the Gram GEMMs.
         impl: "auto" | "reference" | "cpu" | "cuda".
+        tiling: CPU tile budget: "fast" (32-64 MiB of tiles) | "low_memory" (tiles within max(4 MiB, 6% of the
+            dense T1 x T2 fp32 S)) | a ``cpu.BinnedTiling``; None: ``$DINOFEAT_BINNED_TILING``, else "fast".
+            Same results either way.
 
     Returns:
         :class:`BestBuddies` ``(nn_1 (T1,) int64, sim_1 (T1,) float32, nn_2 (T2,) int64, sim_2 (T2,) float32,
@@ -405,6 +410,9 @@ def best_buddies_binned(
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     impl = _resolve_impl(impl, o1)
+    from .cpu_binned import resolve_tiling
+
+    tiling = resolve_tiling(tiling)  # checked for every impl: a typo is an error, not a silent default
     A.check_finite("keys1", keys1)
     A.check_finite("keys2", keys2)
     keys1 = _contiguous(keys1, o1)
@@ -421,7 +429,7 @@ def best_buddies_binned(
         from . import cpu
 
         res = cpu.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
-                                      hierarchy=hierarchy, precision=precision)
+                                      hierarchy=hierarchy, precision=precision, tiling=tiling)
         return BestBuddies(*(A.from_numpy(r, o1) for r in res))
     from . import cuda
 
