@@ -299,7 +299,7 @@ def plot(res: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"{res['machine']['cpu']['model']}, {res['machine']['cpu']['logical_cpus']} CPUs, load avg "
-                 f"{res['loadavg_start']} (shared machine)", fontsize=8)
+                 f"{res['loadavg_start']} at the start, {res.get('loadavg_end')} at the end", fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -164,11 +164,7 @@ class FeatureStore:
         seen = None  # the entry read here: another process may rename a fresh one into place meanwhile
         try:
             seen = os.stat(path)
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 - not a dict
+            meta, tensors = _load_entry(path)
             if meta.get("key") != key or meta.get("checksum") != _checksum(tensors):
                 raise ValueError("key or checksum mismatch")
             grid = tuple(json.loads(meta["num_patches"]))
@@ -187,6 +183,20 @@ class FeatureStore:
                 self.stats["corrupt"] += 1
             _unlink_if_same(path, seen)
             return None
+
+
+def _load_entry(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, read whole. Not `safe_open(...).get_tensor`: with safetensors
+    0.8.0 it keeps ~5 Python objects per tensor read for good (measured: +684 KiB over 15,000 reads), a slow leak
+    in a store read thousands of times an hour."""
+    from safetensors.torch import load
+
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__") or {}, load(data)
 
 
 def _unlink_if_same(path: Path, seen: os.stat_result | None) -> None:

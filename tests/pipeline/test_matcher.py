@@ -112,6 +112,30 @@ def test_memory_lru_is_bounded_by_bytes():
         FeatureStore(cache_bytes=-1)
 
 
+def test_disk_reads_keep_no_python_objects(tmp_path):
+    """Reading an on-disk entry again and again holds no Python memory (safetensors 0.8.0's safe_open/get_tensor
+    kept ~5 objects per tensor read: the many-pairs soak's slow RSS growth)."""
+    import gc
+    import tracemalloc
+
+    store = FeatureStore(tmp_path, cache_bytes=0)  # memory cache off: every get() reads the file
+    store.put("k", _fake(10))
+    for _ in range(200):
+        assert store.get("k") is not None
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            store.get("k")
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 20_000, f"{grown} bytes of Python objects kept by 2000 reads"
+    assert store.stats["disk_hits"] == 2200 and store.stats["corrupt"] == 0
+
+
 def test_prefetch_is_ordered_and_bounded():
     consumed = []
 
