@@ -18,10 +18,17 @@ def test_preprocess_is_bit_exact(extractor, golden, img):
     np.testing.assert_array_equal(batch.numpy(), g["input"])
 
 
+@pytest.fixture(scope="module")
+def golden_features(extractor, golden):
+    """Unbinned layer-9 keys + saliency of the golden input batches of images a and b (one forward each)."""
+    return {img: extractor.extract(torch.from_numpy(golden(f"golden_img_{img}_224")["input"]), layer=9, facet="key",
+                                   bin=False, saliency=True) for img in ("a", "b")}
+
+
 @pytest.mark.parametrize("img", ["a", "b"])
-def test_keys_and_saliency_match_golden(extractor, golden, img):
+def test_keys_and_saliency_match_golden(golden_features, golden, img):
     g = golden(f"golden_img_{img}_224")
-    f = extractor.extract(torch.from_numpy(g["input"]), layer=9, facet="key", bin=False, saliency=True)
+    f = golden_features[img]
     assert f.num_patches == tuple(g["num_patches"])
     assert f.load_size == tuple(g["load_size"])
     ref = g["desc_unbinned"][:, 0]
@@ -70,13 +77,13 @@ def test_binned_descriptor_rows_match_golden(extractor, golden):
 
 
 @pytest.fixture(scope="module")
-def views(extractor):
-    """The pair's extracted data, once (a Matcher's feature store), as `match_views` takes it."""
+def views(extractor, golden_features):
+    """The pair's extracted data as `match_views` takes it: the golden inputs' features (the golden inputs are
+    bit-exactly what `preprocess` gives, test_preprocess_is_bit_exact) with the resized images."""
     from dinofeat.correspondences import view_of
 
-    m = dinofeat.Matcher(extractor=extractor, load_size=224)
-    fs = [m.features(EXAMPLES / f"img_{k}.png") for k in ("a", "b")]
-    return [view_of(f, 0, 9, f.image) for f in fs]
+    return [view_of(golden_features[k], 0, 9, extractor.preprocess(EXAMPLES / f"img_{k}.png", 224)[1])
+            for k in ("a", "b")]
 
 
 @pytest.mark.parametrize("name", ["golden_pair_ab_224_t0.05", "golden_pair_ab_224_t-1"])
