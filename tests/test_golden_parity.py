@@ -67,8 +67,9 @@ def test_pair_stages_match_golden(pair, golden, extractor):
 
 
 def test_binned_descriptor_rows_match_golden(extractor, golden):
+    """Extractor.extract(bin=True) on image b (image a's binned rows: the kernels' own tests, same code)."""
     g = golden("golden_pair_ab_224_t0.05")
-    for k, img in ((1, "a"), (2, "b")):
+    for k, img in ((2, "b"),):
         batch, _ = extractor.preprocess(EXAMPLES / f"img_{img}.png", 224)
         f = extractor.extract(batch, layer=9, facet="key", bin=True)
         assert tuple(f.descriptors.shape[1:]) == tuple(g[f"descriptors{k}_shape"])

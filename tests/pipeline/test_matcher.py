@@ -120,20 +120,20 @@ def test_disk_reads_keep_no_python_objects(tmp_path):
 
     store = FeatureStore(tmp_path, cache_bytes=0)  # memory cache off: every get() reads the file
     store.put("k", _fake(10))
-    for _ in range(200):
+    for _ in range(100):
         assert store.get("k") is not None
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for _ in range(2000):
+        for _ in range(1000):  # safe_open/get_tensor kept ~180 KB here
             store.get("k")
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert grown < 20_000, f"{grown} bytes of Python objects kept by 2000 reads"
-    assert store.stats["disk_hits"] == 2200 and store.stats["corrupt"] == 0
+    assert grown < 20_000, f"{grown} bytes of Python objects kept by 1000 reads"
+    assert store.stats["disk_hits"] == 1100 and store.stats["corrupt"] == 0
 
 
 def test_prefetch_is_ordered_and_bounded():
