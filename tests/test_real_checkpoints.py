@@ -73,7 +73,7 @@ def _to_transformers5(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for i in range(12):
         b, h = f"blocks.{i}.", f"encoder.layer.{i}."
         for p in ("weight", "bias"):
-            for name, part in zip("qkv", sd[f"{b}attn.qkv.{p}"].chunk(3)):
+            for name, part in zip("qkv", sd[f"{b}attn.qkv.{p}"].chunk(3), strict=True):
                 out[f"{h}attention.{name}_proj.{p}"] = part
             out[f"{h}attention.o_proj.{p}"] = sd[f"{b}attn.proj.{p}"]
             for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
