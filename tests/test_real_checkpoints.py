@@ -162,14 +162,11 @@ def test_snapshot_config_is_read(layouts):
 
 
 def test_unknown_layout_names_the_nearest_one(reference):
-    renamed = {k.replace("attn.qkv", "attn.in_proj"): v for k, v in reference.items()}
-    with pytest.raises(WeightsError) as err:
-        load_weights(MODEL, renamed)
-    text = str(err.value)
-    assert "nearest known layout is Meta's hub .pth" in text
-    assert "'blocks.0.attn.in_proj.bias'" in text and "'blocks.0.attn.qkv.weight'" in text
+    """A transformers-5 state dict with one renamed part: the error names that layout (Meta-named variants are
+    covered cheaply in tests/export/test_layout_errors.py)."""
     hf = {k.replace("layer_scale1", "ls_one"): v for k, v in _to_transformers5(reference).items()}
-    with pytest.raises(WeightsError, match=r"nearest known layout is Hugging Face Dinov2Model \(transformers 5"):
+    with pytest.raises(WeightsError, match=r"nearest known layout is Hugging Face Dinov2Model \(transformers 5.*"
+                                           r"'encoder.layer.0.ls_one.lambda1'.*'encoder.layer.0.layer_scale1"):
         load_weights(MODEL, hf)
 
 
@@ -289,3 +286,27 @@ def test_dinov3_hugging_face_layout_matches_transformers(tmp_path):
         ex = dinofeat.Extractor(model="dinov3_vits16", stride=16, weights=weights, backend="torch", device="cpu",
                                 rope_periods="recompute", progress=False)
         assert rel_err(ex.extract(batch, layer=11, facet="token").descriptors, ref) < TOL
+
+
+def test_cli_snapshot_folder_and_pos_interp(layouts, torch_extractors, hf_model, tmp_path):
+    """`dinofeat extract --weights SNAPSHOT_DIR --pos-interp size` gives transformers' tokens; a snapshot of another
+    architecture is one error line naming the model its config describes (exit 2)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    snapshot = layouts["transformers snapshot folder"][0]
+    out = tmp_path / "out.safetensors"
+    base = [sys.executable, "-m", "dinofeat", "extract", str(EXAMPLES / "img_b.png"), "--stride", "14",
+            "--weights", snapshot, "--backend", "torch", "--device", "cpu", "--load-size", "224", "-q"]
+    run = subprocess.run(base + ["--model", MODEL, "--pos-interp", "size", "--layer", "11", "--facet", "token",
+                                 "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    batch, _ = torch_extractors["size"].preprocess(EXAMPLES / "img_b.png", load_size=224)
+    ref = _hf_outputs(hf_model, batch)["token11"][0]
+    assert rel_err(load_file(str(out))["descriptors_0"], ref) < TOL
+    run = subprocess.run(base + ["--model", "dinov2_vits14_reg", "-o", str(tmp_path / "x.npz")], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and not (tmp_path / "x.npz").exists()
+    assert len(run.stderr.strip().splitlines()) == 1 and "describes dinov2_vits14" in run.stderr, run.stderr

@@ -66,3 +66,12 @@ def test_extractor_and_cli_option(vits8_weights_file):
     assert args.pos_interp == "size"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["extract", "a.png", "-o", "out", "--pos-interp", "bicubic"])
+
+
+def test_derived_extractor_keeps_the_convention(vits8_weights_file):
+    import dinofeat
+    from dinofeat.apps.common import derived_extractor
+
+    ex = dinofeat.Extractor(model="dino_vits8", stride=4, weights=str(vits8_weights_file), backend="torch",
+                            device="cpu", pos_interp="size", progress=False)
+    assert derived_extractor(ex, 8).pos_interp == "size"
