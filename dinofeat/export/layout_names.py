@@ -110,8 +110,11 @@ def nearest_layout(spec: ModelSpec, keys) -> tuple[str, int, int, list[str], lis
 
 
 def describe_nearest(spec: ModelSpec, keys) -> str:
-    """One sentence naming the nearest known layout and the first keys that differ from it."""
+    """One sentence naming the nearest known layout and the first keys that differ from it ("" when the names are
+    exactly that layout's, block indices aside: the checkpoint's problem is then its depth or shapes)."""
     name, common, total, extra, absent = nearest_layout(spec, keys)
+    if not extra and not absent:
+        return ""
     parts = [f"The nearest known layout is {name} ({common} of its {total} names agree, block indices aside)"]
     if extra:
         parts.append("the checkpoint has " + ", ".join(repr(k) for k in extra))

@@ -420,7 +420,8 @@ def to_native(spec: ModelSpec, state_dict, *, source: str | None = None) -> dict
         try:
             mapped = dinov3_to_native(spec, backbone)
         except WeightsError as exc:
-            raise WeightsError(f"{exc}\n{describe_nearest(spec, backbone)}") from None
+            nearest = describe_nearest(spec, backbone)
+            raise WeightsError(f"{exc}\n{nearest}" if nearest else str(exc)) from None
         out = validate_native(spec, mapped, source=source, original=backbone)
         _report_ignored(source, prefix, outside, [])
         return out
