@@ -34,50 +34,50 @@ A, B = str(EXAMPLES / "img_a.png"), str(EXAMPLES / "img_b.png")
 # ------------------------------------------------------------------------------- 1. no tensor from Python data
 
 
-def _tiny_vit(heads: tuple[int, ...]) -> StridedViT:
-    spec = dataclasses.replace(get_model_spec("dino_vits8"), depth=2, embed_dim=64, num_heads=4, saliency_heads=heads)
+def _tiny_vit(model: str, heads: tuple[int, ...] | None) -> StridedViT:
+    spec = dataclasses.replace(get_model_spec(model), depth=2, embed_dim=64, num_heads=4, saliency_heads=heads)
     torch.manual_seed(0)
-    vit = StridedViT(spec, 4).eval()
+    vit = StridedViT(spec, spec.patch_size // 2).eval()
     with torch.no_grad():
         for p in vit.parameters():
             p.normal_(0, 0.2)
     return vit
 
 
-def test_vit_forward_creates_no_tensor_from_python_data():
+# dino_vits8's kind (non-contiguous heads: index_select on the buffer, learned positions), and DINOv3's (RoPE,
+# storage tokens, all heads: a slice)
+@pytest.mark.parametrize("model,heads", [("dino_vits8", (0, 2, 3)), ("dinov3_vits16", None)])
+def test_vit_forward_creates_no_tensor_from_python_data(model, heads):
     """Under torch.export every tensor the forward makes from Python data (a list index, torch.tensor(...)) is a
     lifted constant: on a GPU each is a pageable host-to-device copy per call, illegal in CUDA-graph capture."""
-    heads = (0, 2, 3)  # non-contiguous, as dino_vits8's (0, 2, 4, 5): index_select on the buffer
-    vit = _tiny_vit(heads)
+    vit = _tiny_vit(model, heads)
+    size = 4 * vit.spec.patch_size
     req = Request(facets=((0, "key"), (1, "token")), saliency=True)
-    pos = vit.position_embedding(32, 32)
+    table = vit.position_embedding(size, size) if vit.spec.pos == "learned" else vit.rope_embedding(size, size)
 
     class Forward(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.vit = vit
 
-        def forward(self, x, pos):
-            return self.vit.forward_features(x, req, pos=pos)
+        def forward(self, x, table):
+            kw = {"pos": table} if vit.spec.pos == "learned" else {"rope": table}
+            return self.vit.forward_features(x, req, **kw)
 
-    x = torch.randn(2, 3, 32, 32)
-    ep = torch.export.export(Forward(), (x, pos))
+    x = torch.randn(2, 3, size, size)
+    ep = torch.export.export(Forward(), (x, table))
     made = [n for n in ep.constants if n not in ep.graph_signature.buffers]  # the module's own buffers are fine
     assert not ep.graph_signature.lifted_tensor_constants and not made, f"tensors made from Python data: {made}"
+    if heads is None:
+        return
     # and the saliency is still the mean over exactly the chosen heads
     with torch.no_grad():
-        sal = vit.forward_features(x, Request(facets=(), saliency=True), pos=pos)[0]
+        sal = vit.forward_features(x, Request(facets=(), saliency=True), pos=table)[0]
         block = vit.blocks[1]
-        tokens = _tokens_before_last_block(vit, x, pos)
+        tokens = vit.blocks[0](torch.cat([vit.cls_token.expand(2, -1, -1), vit.patch_embed(x)], dim=1) + table)
         attn = block.attn.cls_attention(block.norm1(tokens))[:, list(heads), 1:].mean(dim=1)
         lo, hi = attn.min(-1, keepdim=True).values, attn.max(-1, keepdim=True).values
     torch.testing.assert_close(sal, (attn - lo) / (hi - lo), rtol=0, atol=0)
-
-
-def _tokens_before_last_block(vit: StridedViT, x, pos):
-    tokens = vit.patch_embed(x)
-    tokens = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + pos
-    return vit.blocks[0](tokens)
 
 
 def test_saliency_heads_buffer_is_not_in_the_checkpoint_and_follows_the_model():
