@@ -214,7 +214,13 @@ class StridedViT(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(dim, eps=spec.norm_eps)
         heads = spec.saliency_heads if spec.saliency_heads is not None else tuple(range(spec.num_heads))
-        self.saliency_heads = list(heads)
+        self.saliency_heads = list(heads)  # Python ints: for exporters and reports, never indexed with in forward
+        # The forward selects the heads from a tensor that lives with the model (a list index would make a
+        # pageable host-to-device copy per call: a host sync in eager mode, an error under CUDA-graph capture);
+        # a contiguous run of heads (all of them, by default) is a plain slice.
+        contiguous = list(heads) == list(range(heads[0], heads[0] + len(heads))) if heads else False
+        self._saliency_slice = slice(heads[0], heads[0] + len(heads)) if contiguous else None
+        self.register_buffer("saliency_index", torch.tensor(heads, dtype=torch.long), persistent=False)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     # ---- positions -------------------------------------------------------------------------------------
@@ -281,12 +287,18 @@ class StridedViT(nn.Module):
                     results[output_name(i, facet)] = self._layout(qkv[("query", "key", "value").index(facet)], npre)
             if request.saliency and i == spec.depth - 1:
                 attn = block.attn.cls_attention(block.norm1(tokens), rope, npre)  # (B, heads, N)
-                results["saliency"] = _minmax(attn[:, self.saliency_heads, npre:].mean(dim=1))
+                results["saliency"] = _minmax(self._saliency_heads_of(attn)[:, :, npre:].mean(dim=1))
             if full:
                 tokens = block(tokens, rope, npre)
                 if "token" in facets:
                     results[output_name(i, "token")] = tokens[:, npre:]
         return [results[name] for name in request.output_names()]
+
+    def _saliency_heads_of(self, attn: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N) -> (B, len(saliency_heads), N), without creating a tensor from Python data."""
+        if self._saliency_slice is not None:
+            return attn[:, self._saliency_slice]
+        return attn.index_select(1, self.saliency_index)
 
     @staticmethod
     def _layout(t: torch.Tensor, num_prefix: int) -> torch.Tensor:
