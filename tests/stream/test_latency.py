@@ -1,0 +1,96 @@
+"""`dinofeat bench latency`: the measurement loop (fast and camera-rate modes), the summary, the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import LOAD  # tests/stream/conftest.py
+
+from dinofeat.cli import main
+from dinofeat.stream import ExtractorConfig, FrameStream, MatchConfig
+from dinofeat.stream.latency import example_frames, run_latency, summarize
+
+
+def test_summarize_percentiles_and_jitter():
+    s = summarize(list(range(1, 101)))  # 1..100 ms
+    assert s["latency_ms"]["p50"] == pytest.approx(50.5)
+    assert s["latency_ms"]["p95"] == pytest.approx(95.05)
+    assert s["latency_ms"]["p99"] == pytest.approx(99.01)
+    assert s["latency_ms"]["max"] == 100
+    assert s["jitter_ms"]["std"] == pytest.approx(np.std(np.arange(1, 101)))
+    assert s["jitter_ms"]["p99_minus_p50"] == pytest.approx(48.51)
+    assert np.isnan(summarize([])["latency_ms"]["p50"])
+
+
+@pytest.fixture(scope="module")
+def stream(extractor):
+    return FrameStream(ExtractorConfig(load_size=LOAD), MatchConfig(num_pairs=3), frame_size=(60, 80),
+                       extractor=extractor)
+
+
+def test_as_fast_as_possible(stream, frames):
+    seq = frames + frames[:1]  # 4 frames: keyframe, warm-up match, two measured
+    out = run_latency(stream, seq)
+    assert out["frames_matched"] == 3 and out["frames_in_percentiles"] == 2 and out["dropped"] == 0
+    lat = out["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert out["cold_ms"] > 0 and out["first_match_ms"] > 0 and out["fps"] > 0
+    assert [r["frame"] for r in out["frames"]] == [1, 2, 3] and all(r["pairs"] > 0 for r in out["frames"])
+    # latencies are wall time between a frame's arrival and its read result: they tile the loop
+    assert sum(r["latency_ms"] for r in out["frames"]) <= out["loop_seconds"] * 1e3 + 1e-6
+
+
+def test_camera_rate_drops_frames_that_arrive_while_busy(stream, frames):
+    """At 1 kHz every frame after the first arrives while the first is matched: the queue keeps the newest."""
+    seq = [frames[k % 3] for k in range(6)]
+    out = run_latency(stream, seq, rate=1000.0)
+    assert out["dropped"] > 0
+    assert out["frames_matched"] + out["dropped"] == len(seq) - 1
+    assert out["frames"][-1]["frame"] == len(seq) - 1
+    for row in out["frames"]:  # frame k arrives at k ms; its latency counts from there
+        assert row["arrival_s"] == pytest.approx(row["frame"] / 1000.0)
+        assert row["latency_ms"] == pytest.approx((row["done_s"] - row["arrival_s"]) * 1e3, abs=1e-3)
+
+
+def test_example_frames_pan_over_both_images():
+    seq = example_frames(6, (48, 64))
+    assert len(seq) == 6 and all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in seq)
+    assert not np.array_equal(seq[0], seq[1]) and not np.array_equal(seq[2], seq[3])
+
+
+def test_command_writes_json_and_png(tmp_path, vits8_weights_file, capsys):
+    rc = main(["bench", "latency", "--out", str(tmp_path), "--frames", "3", "--load-size", "24", "--frame-size",
+               "36", "48", "--weights", str(vits8_weights_file), "--backend", "torch", "--device", "cpu", "-q"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "latency.json").read_text())
+    for key in ("p50", "p95", "p99", "max"):
+        assert doc["latency_ms"][key] > 0
+    assert set(doc["jitter_ms"]) >= {"std", "p99_minus_p50"}
+    assert doc["cold_ms"] > 0 and doc["fps"] > 0 and doc["dropped"] == 0 and doc["peak_mb"] > 0
+    assert doc["config"]["backend"] == "torch" and doc["config"]["resized_size"] == [24, 32]
+    assert len(doc["machine"]["load_average_start"]) == 3
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "p50" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rate", "-1"], "--rate -1.0: expected a frame rate"),
+    (["--frames", "2"], "--frames 2: expected at least 3"),
+    (["--input", "/nonexistent/frames"], "--input '/nonexistent/frames': not found"),
+])
+def test_command_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(["bench", "latency", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_bare_bench_still_parses():
+    from dinofeat.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--sizes", "224", "--quick"])
+    assert args.func.__name__ == "bench_main" and args.sizes == [224]
+    args = build_parser().parse_args(["bench", "latency", "--out", "d"])
+    assert args.func.__name__ == "latency_main"
