@@ -156,5 +156,8 @@ def latency_main(args) -> int:
           f"{lat['p99']:.1f}, max {lat['max']:.1f}; jitter std {jit['std']:.1f} ms; cold {doc['cold_ms']:.1f} ms; "
           f"{doc['fps']:.2f} fps; dropped {doc['dropped']}; peak {doc['peak_mb']:.0f} MB "
           f"({doc['config']['backend']}, {doc['config']['device']})")
+    if doc["stopped_at_max_seconds"]:
+        print(f"stopped at --max-seconds {args.max_seconds:g} after {doc['frames_matched']} matched frame(s); raise "
+              "--max-seconds or lower --load-size for more frames in the percentiles")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

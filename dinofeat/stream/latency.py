@@ -4,6 +4,8 @@ The keyframe (frame 0) goes through `set_reference`; every later frame through `
 its result has been read (the pairs on the host: what a consumer of the result waits for). The keyframe is
 reported apart as `cold_ms` (first forward: position tables, allocations), the first match apart as
 `first_match_ms` (first k-means, first Best-Buddies plan); `latency_ms` percentiles are over the other frames.
+`cpu_ms_per_frame` is the process CPU time per frame (all threads): on a shared machine it tells the work apart
+from the waiting for a core (latency >> cpu_ms / threads means the CPU was busy with other processes).
 
 With ``--rate HZ`` frames arrive on a camera clock (frame k at k / HZ); a frame that arrives while the stream is
 busy waits in a one-frame queue and is replaced (dropped) by a newer one, as a ROS subscription with depth 1
@@ -160,19 +162,24 @@ def run_latency(stream: FrameStream, frames: list[np.ndarray], *, rate: float = 
             arrival = k * period
         else:
             arrival = now
+        cpu0 = time.process_time()
         r = stream.match(frames[k], previous=previous)
         pairs = len(r)  # reads the result: the host has it
         if r.previous is not None:
             r.previous.wait()
         done = time.perf_counter() - start
         rows.append({"frame": k, "arrival_s": round(arrival, 6), "done_s": round(done, 6),
-                     "latency_ms": (done - arrival) * 1e3, "pairs": pairs})
+                     "latency_ms": (done - arrival) * 1e3, "cpu_ms": (time.process_time() - cpu0) * 1e3,
+                     "pairs": pairs})
         k += 1
         if done > max_seconds:
             break
     wall = time.perf_counter() - start
     steady = [r["latency_ms"] for r in rows[1:]]
+    cpu = [r["cpu_ms"] for r in rows[1:]]
     out = {"cold_ms": cold_ms, "first_match_ms": rows[0]["latency_ms"] if rows else None, **summarize(steady),
+           "cpu_ms_per_frame": {"p50": float(np.median(cpu)) if cpu else float("nan"),
+                                "mean": float(np.mean(cpu)) if cpu else float("nan")},
            "fps": len(rows) / wall if wall > 0 else 0.0, "frames_matched": len(rows), "frames_in_percentiles":
            len(steady), "dropped": dropped, "stopped_at_max_seconds": k < len(frames), "loop_seconds": wall,
            "frames": rows}
@@ -287,7 +294,8 @@ def _plot(doc: dict, path: str) -> None:
             ax1.axvline(v, color="k", linestyle=style, label=f"{key} {v:.0f} ms")
     ax1.set_xlabel("latency per frame (ms)")
     ax1.set_ylabel("frames")
-    ax1.legend()
+    if lat:
+        ax1.legend()
     ax2.plot([r["frame"] for r in rows], [r["latency_ms"] for r in rows], marker="o", ms=3)
     ax2.set_xlabel("frame")
     ax2.set_ylabel("latency (ms)")

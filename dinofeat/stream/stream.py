@@ -159,15 +159,15 @@ class FrameStream:
                 t.to(self.device, non_blocking=True)
         h, w = self.resized_size
         if encoding == "float_chw":
-            x = t.to(torch.float32)[None]
+            x = t.to(torch.float32)  # may be the caller's tensor: never written
             if (h, w) != size:
-                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", antialias=True,
-                                                    align_corners=False).clamp_(0, 1)
-            torch.div(x.sub_(self._mean), self._std, out=self._batch)
+                x = torch.nn.functional.interpolate(x[None], size=(h, w), mode="bicubic", antialias=True,
+                                                    align_corners=False)[0].clamp_(0, 1)
         else:
             rgb = lanczos_resize_u8(F.to_rgb_hwc(t, encoding), (h, w))  # (h, w, 3) float64 of 0..255 integers
             x = rgb.permute(2, 0, 1).to(torch.float32).div(self._c255)  # == ToTensor on the uint8 image
-            torch.div(x.sub_(self._mean), self._std, out=self._batch[0])
+        torch.sub(x, self._mean, out=self._batch[0])  # == preprocess's x.sub(mean).div(std), into the buffer
+        self._batch.div_(self._std)
         return self._batch, size
 
     def _features(self, frame, encoding, name) -> tuple[ImageView, tuple]:

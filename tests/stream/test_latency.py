@@ -31,20 +31,20 @@ def stream(extractor):
 
 
 def test_as_fast_as_possible(stream, frames):
-    seq = frames + frames[:1]  # 4 frames: keyframe, warm-up match, two measured
-    out = run_latency(stream, seq)
-    assert out["frames_matched"] == 3 and out["frames_in_percentiles"] == 2 and out["dropped"] == 0
+    out = run_latency(stream, frames)  # keyframe, warm-up match, one measured
+    assert out["frames_matched"] == 2 and out["frames_in_percentiles"] == 1 and out["dropped"] == 0
     lat = out["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert out["cold_ms"] > 0 and out["first_match_ms"] > 0 and out["fps"] > 0
-    assert [r["frame"] for r in out["frames"]] == [1, 2, 3] and all(r["pairs"] > 0 for r in out["frames"])
+    assert out["cpu_ms_per_frame"]["p50"] > 0
+    assert [r["frame"] for r in out["frames"]] == [1, 2] and all(r["pairs"] > 0 for r in out["frames"])
     # latencies are wall time between a frame's arrival and its read result: they tile the loop
     assert sum(r["latency_ms"] for r in out["frames"]) <= out["loop_seconds"] * 1e3 + 1e-6
 
 
 def test_camera_rate_drops_frames_that_arrive_while_busy(stream, frames):
     """At 1 kHz every frame after the first arrives while the first is matched: the queue keeps the newest."""
-    seq = [frames[k % 3] for k in range(6)]
+    seq = [frames[k % 3] for k in range(4)]
     out = run_latency(stream, seq, rate=1000.0)
     assert out["dropped"] > 0
     assert out["frames_matched"] + out["dropped"] == len(seq) - 1
@@ -94,3 +94,30 @@ def test_bare_bench_still_parses():
     assert args.func.__name__ == "bench_main" and args.sizes == [224]
     args = build_parser().parse_args(["bench", "latency", "--out", "d"])
     assert args.func.__name__ == "latency_main"
+
+
+def test_folder_and_bag_inputs(tmp_path):
+    from PIL import Image
+
+    from dinofeat.errors import InputError
+    from dinofeat.stream.latency import load_frames
+
+    seq = example_frames(3, (24, 32))
+    for i, f in enumerate(seq):
+        Image.fromarray(f).save(tmp_path / f"{i:03d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    got, source = load_frames(tmp_path, 10, None)
+    assert source == str(tmp_path) and len(got) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(got, seq, strict=True))
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(seq[0]).save(one / "a.png")
+    with pytest.raises(InputError, match=r"at least 2 images .* found 1"):
+        load_frames(one, 10, None)
+    bag = tmp_path / "run.mcap"
+    bag.write_bytes(b"")
+    try:
+        import dinofeat.replay  # noqa: F401 - issue 24 item 3, when merged
+    except ImportError:
+        with pytest.raises(InputError, match=r"reading bags needs dinofeat.replay"):
+            load_frames(bag, 10, None)
