@@ -126,6 +126,9 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-size", type=int, nargs=2, default=list(L.DEFAULT_FRAME_SIZE), metavar=("H", "W"),
                    help="size of the frames cut from the example images")
     p.add_argument("--previous", action="store_true", help="also match each frame to the previous one")
+    p.add_argument("--compare", action="store_true",
+                   help="also time find_correspondences(keyframe, frame) per frame (what a user would otherwise "
+                        "call; interleaved, points compared); doubles the run time")
     _add_match_args(p)
     p.add_argument("--no-plots", action="store_true", help="do not draw the PNG")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -137,7 +140,7 @@ def latency_main(args) -> int:
     from .config import ExtractorConfig, MatchConfig
     from .stream import latency as L
 
-    L.check_run_args(args.rate, args.frames, args.max_seconds, args.input)  # before the model is built
+    L.check_run_args(args.rate, args.frames, args.max_seconds, args.input, args.compare)  # before the model
     weights = args.weights
     if weights is None:
         from .testing import deterministic_weights
@@ -147,7 +150,7 @@ def latency_main(args) -> int:
     mc = MatchConfig.from_object(args, bin=not args.no_bin)
     doc = L.measure(ec, mc, frames=args.frames, frame_size=tuple(args.frame_size), input_path=args.input,
                     topic=args.topic, rate=args.rate, max_seconds=args.max_seconds, previous=args.previous,
-                    progress=not args.quiet)
+                    baseline=args.compare, progress=not args.quiet)
     if args.weights is None:
         doc["config"]["weights"] = f"deterministic ({args.model}, dinofeat.testing)"
     paths = L.write_outputs(doc, args.out, args.tag, plots=not args.no_plots)
@@ -156,6 +159,10 @@ def latency_main(args) -> int:
           f"{lat['p99']:.1f}, max {lat['max']:.1f}; jitter std {jit['std']:.1f} ms; cold {doc['cold_ms']:.1f} ms; "
           f"{doc['fps']:.2f} fps; dropped {doc['dropped']}; peak {doc['peak_mb']:.0f} MB "
           f"({doc['config']['backend']}, {doc['config']['device']})")
+    if "baseline" in doc:
+        b = doc["baseline"]
+        print(f"baseline find_correspondences(keyframe, frame): p50 {b['latency_ms']['p50']:.1f} ms, p99 "
+              f"{b['latency_ms']['p99']:.1f}; same points on every frame: {b['same_points_all_frames']}")
     if doc["stopped_at_max_seconds"]:
         print(f"stopped at --max-seconds {args.max_seconds:g} after {doc['frames_matched']} matched frame(s); raise "
               "--max-seconds or lower --load-size for more frames in the percentiles")

@@ -4,8 +4,8 @@ The keyframe (frame 0) goes through `set_reference`; every later frame through `
 its result has been read (the pairs on the host: what a consumer of the result waits for). The keyframe is
 reported apart as `cold_ms` (first forward: position tables, allocations), the first match apart as
 `first_match_ms` (first k-means, first Best-Buddies plan); `latency_ms` percentiles are over the other frames.
-`cpu_ms_per_frame` is the process CPU time per frame (all threads): on a shared machine it tells the work apart
-from the waiting for a core (latency >> cpu_ms / threads means the CPU was busy with other processes).
+`cpu_ms_per_frame` is the process CPU time per frame (all threads, spin-waiting included): on a shared machine
+latency far above cpu_ms / threads means the frame waited for a core held by other processes.
 
 With ``--rate HZ`` frames arrive on a camera clock (frame k at k / HZ); a frame that arrives while the stream is
 busy waits in a one-frame queue and is replaced (dropped) by a newer one, as a ROS subscription with depth 1
@@ -89,10 +89,12 @@ def bag_frames(path: Path, count: int, topic: str | None) -> list[np.ndarray]:
     return out
 
 
-def check_run_args(rate: float, frames: int, max_seconds: float, input_path=None) -> None:
+def check_run_args(rate: float, frames: int, max_seconds: float, input_path=None, baseline: bool = False) -> None:
     """The run's arguments, checked before anything is loaded."""
     if not (rate >= 0 and np.isfinite(rate)):
         raise InputError(f"--rate {rate}: expected a frame rate in Hz > 0 (or 0: as fast as possible)")
+    if baseline and rate:
+        raise InputError("--compare: only without --rate (the baseline's time would drop camera frames)")
     if frames < 3:
         raise InputError(f"--frames {frames}: expected at least 3 (the keyframe, a warm-up match, one measured)")
     if not max_seconds > 0:
@@ -138,15 +140,21 @@ def summarize(latencies_ms: list[float]) -> dict:
 
 
 def run_latency(stream: FrameStream, frames: list[np.ndarray], *, rate: float = 0.0,
-                max_seconds: float = DEFAULT_MAX_SECONDS, previous: bool = False) -> dict:
-    """Drive `stream` over `frames` (frame 0: the keyframe); returns the measurement (see the module docstring)."""
+                max_seconds: float = DEFAULT_MAX_SECONDS, previous: bool = False, baseline: bool = False) -> dict:
+    """Drive `stream` over `frames` (frame 0: the keyframe); returns the measurement (see the module docstring).
+
+    baseline: after each frame, also time what a user would otherwise call, ``find_correspondences(keyframe,
+    frame)`` with the same extractor and settings (interleaved, so both see the same machine load), and check
+    that it returns the same points; its time is left out of the stream's latency and fps.
+    """
+    check_run_args(rate, len(frames), max_seconds, baseline=baseline)
     sync = _device_sync(stream.device)
     t0 = time.perf_counter()
     stream.set_reference(frames[0])
     sync()
     cold_ms = (time.perf_counter() - t0) * 1e3
-    rows, dropped = [], 0
-    start = time.perf_counter()
+    rows, dropped, paused = [], 0, 0.0
+    start = loop_start = time.perf_counter()
     period = 1.0 / rate if rate > 0 else 0.0
     k = 1
     while k < len(frames):
@@ -171,10 +179,15 @@ def run_latency(stream: FrameStream, frames: list[np.ndarray], *, rate: float = 
         rows.append({"frame": k, "arrival_s": round(arrival, 6), "done_s": round(done, 6),
                      "latency_ms": (done - arrival) * 1e3, "cpu_ms": (time.process_time() - cpu0) * 1e3,
                      "pairs": pairs})
+        if baseline:
+            seconds, same = _baseline(stream, frames[0], frames[k], r)
+            rows[-1].update(baseline_ms=seconds * 1e3, baseline_same_points=same)
+            paused += seconds
+            start += seconds  # the stream's clock skips the baseline's time
         k += 1
-        if done > max_seconds:
+        if time.perf_counter() - loop_start > max_seconds:  # the baseline's time included
             break
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start  # `start` moved past the baseline's time
     steady = [r["latency_ms"] for r in rows[1:]]
     cpu = [r["cpu_ms"] for r in rows[1:]]
     out = {"cold_ms": cold_ms, "first_match_ms": rows[0]["latency_ms"] if rows else None, **summarize(steady),
@@ -183,7 +196,27 @@ def run_latency(stream: FrameStream, frames: list[np.ndarray], *, rate: float = 
            "fps": len(rows) / wall if wall > 0 else 0.0, "frames_matched": len(rows), "frames_in_percentiles":
            len(steady), "dropped": dropped, "stopped_at_max_seconds": k < len(frames), "loop_seconds": wall,
            "frames": rows}
+    if baseline:
+        base = [r["baseline_ms"] for r in rows[1:]]
+        out["baseline"] = {"what": "find_correspondences(keyframe, frame) per frame, same extractor and settings "
+                                   "(interleaved with the stream)", **summarize(base),
+                           "same_points_all_frames": all(r["baseline_same_points"] for r in rows),
+                           "seconds": paused}
     return out
+
+
+def _baseline(stream: FrameStream, keyframe, frame, result) -> tuple[float, bool]:
+    """Seconds of one `find_correspondences(keyframe, frame)` and whether its points equal the stream's."""
+    from ..correspondences import find_correspondences
+
+    mc = stream.match_config
+    t0 = time.perf_counter()
+    corr = find_correspondences(keyframe, frame, load_size=stream.extractor_config.load_size, layer=mc.layer,
+                                facet=mc.facet, extractor=stream.extractor, **mc.match_kwargs())
+    seconds = time.perf_counter() - t0
+    same = (np.asarray(corr.points1).reshape(-1, 2).tolist() == result.points1.cpu().tolist()
+            and np.asarray(corr.points2).reshape(-1, 2).tolist() == result.points2.cpu().tolist())
+    return seconds, same
 
 
 def _device_sync(device):
@@ -222,16 +255,17 @@ def machine_info() -> dict:
 
 def measure(extractor_config: ExtractorConfig, match_config: MatchConfig, *, frames: int = DEFAULT_FRAMES,
             frame_size=DEFAULT_FRAME_SIZE, input_path=None, topic=None, rate: float = 0.0,
-            max_seconds: float = DEFAULT_MAX_SECONDS, previous: bool = False, progress: bool = False) -> dict:
+            max_seconds: float = DEFAULT_MAX_SECONDS, previous: bool = False, baseline: bool = False,
+            progress: bool = False) -> dict:
     """Load the frames, build the stream and run the measurement; returns the latency.json document."""
-    check_run_args(rate, frames, max_seconds, input_path)
+    check_run_args(rate, frames, max_seconds, input_path, baseline)
     seq, source = load_frames(input_path, frames, frame_size, topic)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     stream = FrameStream(extractor_config, match_config, frame_size=seq[0].shape[:2], dynamic=True,
                          progress=progress)
     load_s = time.perf_counter() - t0
-    result = run_latency(stream, seq, rate=rate, max_seconds=max_seconds, previous=previous)
+    result = run_latency(stream, seq, rate=rate, max_seconds=max_seconds, previous=previous, baseline=baseline)
     ex = stream.extractor
     doc = {
         "command": "dinofeat bench latency",

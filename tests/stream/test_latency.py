@@ -62,7 +62,8 @@ def test_example_frames_pan_over_both_images():
 
 def test_command_writes_json_and_png(tmp_path, vits8_weights_file, capsys):
     rc = main(["bench", "latency", "--out", str(tmp_path), "--frames", "3", "--load-size", "24", "--frame-size",
-               "36", "48", "--weights", str(vits8_weights_file), "--backend", "torch", "--device", "cpu", "-q"])
+               "36", "48", "--weights", str(vits8_weights_file), "--backend", "torch", "--device", "cpu", "-q",
+               "--compare"])
     assert rc == 0
     doc = json.loads((tmp_path / "latency.json").read_text())
     for key in ("p50", "p95", "p99", "max"):
@@ -71,6 +72,8 @@ def test_command_writes_json_and_png(tmp_path, vits8_weights_file, capsys):
     assert doc["cold_ms"] > 0 and doc["fps"] > 0 and doc["dropped"] == 0 and doc["peak_mb"] > 0
     assert doc["config"]["backend"] == "torch" and doc["config"]["resized_size"] == [24, 32]
     assert len(doc["machine"]["load_average_start"]) == 3
+    # the same run timed find_correspondences(keyframe, frame) and found the stream's points
+    assert doc["baseline"]["same_points_all_frames"] is True and doc["baseline"]["latency_ms"]["p50"] > 0
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "p50" in capsys.readouterr().out
 
@@ -79,6 +82,7 @@ def test_command_writes_json_and_png(tmp_path, vits8_weights_file, capsys):
     (["--rate", "-1"], "--rate -1.0: expected a frame rate"),
     (["--frames", "2"], "--frames 2: expected at least 3"),
     (["--input", "/nonexistent/frames"], "--input '/nonexistent/frames': not found"),
+    (["--compare", "--rate", "10"], "--compare: only without --rate"),
 ])
 def test_command_bad_arguments(tmp_path, capsys, argv, message):
     assert main(["bench", "latency", "--out", str(tmp_path), *argv]) == 2
@@ -92,8 +96,11 @@ def test_bare_bench_still_parses():
 
     args = build_parser().parse_args(["bench", "--sizes", "224", "--quick"])
     assert args.func.__name__ == "bench_main" and args.sizes == [224]
-    args = build_parser().parse_args(["bench", "latency", "--out", "d"])
+    # latency flags that are prefixes of `dinofeat bench` flags (--backend(s), --precision(s)) reach latency
+    args = build_parser().parse_args(["bench", "latency", "--out", "d", "--compare", "--backend", "onnxruntime",
+                                      "--precision", "fp16", "--frames", "5"])
     assert args.func.__name__ == "latency_main"
+    assert (args.compare, args.backend, args.precision, args.frames) == (True, "onnxruntime", "fp16", 5)
 
 
 def test_folder_and_bag_inputs(tmp_path):

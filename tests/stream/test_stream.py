@@ -38,6 +38,8 @@ def assert_same(result, corr):
 def run(extractor, frames):
     """One stream over frames 0 (keyframe), 1, 2 with match_previous, and find_correspondences of each pair."""
     s = make_stream(extractor, match_previous=True)
+    s.warmup(frames[2])  # changes neither the keyframe nor the frame count
+    assert not s.has_reference and s.frames == 0
     assert s.set_reference(frames[0]) == 0
     results = [s.match(frames[1]), s.match(frames[2])]
     corrs = {(i, j): reference_match(extractor, frames[i], frames[j]) for i, j in ((0, 1), (1, 2))}
