@@ -162,7 +162,8 @@ def latency_main(args) -> int:
     if "baseline" in doc:
         b = doc["baseline"]
         print(f"baseline find_correspondences(keyframe, frame): p50 {b['latency_ms']['p50']:.1f} ms, p99 "
-              f"{b['latency_ms']['p99']:.1f}; same points on every frame: {b['same_points_all_frames']}")
+              f"{b['latency_ms']['p99']:.1f}, {b['ratio_p50']:.2f}x the stream's (median of per-frame ratios); "
+              f"same points on every frame: {b['same_points_all_frames']}")
     if doc["stopped_at_max_seconds"]:
         print(f"stopped at --max-seconds {args.max_seconds:g} after {doc['frames_matched']} matched frame(s); raise "
               "--max-seconds or lower --load-size for more frames in the percentiles")

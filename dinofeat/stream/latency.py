@@ -201,6 +201,8 @@ def run_latency(stream: FrameStream, frames: list[np.ndarray], *, rate: float = 
         out["baseline"] = {"what": "find_correspondences(keyframe, frame) per frame, same extractor and settings "
                                    "(interleaved with the stream)", **summarize(base),
                            "same_points_all_frames": all(r["baseline_same_points"] for r in rows),
+                           "ratio_p50": float(np.median([r["baseline_ms"] / r["latency_ms"] for r in rows[1:]]))
+                           if len(rows) > 1 else float("nan"),  # per frame: baseline / stream (paired)
                            "seconds": paused}
     return out
 
@@ -330,7 +332,11 @@ def _plot(doc: dict, path: str) -> None:
     ax1.set_ylabel("frames")
     if lat:
         ax1.legend()
-    ax2.plot([r["frame"] for r in rows], [r["latency_ms"] for r in rows], marker="o", ms=3)
+    ax2.plot([r["frame"] for r in rows], [r["latency_ms"] for r in rows], marker="o", ms=3, label="FrameStream.match")
+    if rows and "baseline_ms" in rows[0]:
+        ax2.plot([r["frame"] for r in rows], [r["baseline_ms"] for r in rows], marker="s", ms=3,
+                 label="find_correspondences(keyframe, frame)")
+        ax2.legend(fontsize=8)
     ax2.set_xlabel("frame")
     ax2.set_ylabel("latency (ms)")
     ax2.set_title(f"cold (keyframe) {doc['cold_ms']:.0f} ms, {doc['fps']:.2f} fps, dropped {doc['dropped']}",

@@ -74,6 +74,9 @@ def test_command_writes_json_and_png(tmp_path, vits8_weights_file, capsys):
     assert len(doc["machine"]["load_average_start"]) == 3
     # the same run timed find_correspondences(keyframe, frame) and found the stream's points
     assert doc["baseline"]["same_points_all_frames"] is True and doc["baseline"]["latency_ms"]["p50"] > 0
+    rows = doc["frames"][1:]
+    assert doc["baseline"]["ratio_p50"] == pytest.approx(np.median([r["baseline_ms"] / r["latency_ms"]
+                                                                    for r in rows]))
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "p50" in capsys.readouterr().out
 
