@@ -89,6 +89,17 @@ def test_device_preprocess_equals_extractor_preprocess(extractor, frames, encodi
     assert torch.equal(got, expected)
 
 
+def test_row_padded_frame_is_viewed_in_place(extractor, frames):
+    """A ROS image whose rows are padded (step > width * 3) passes as a strided view, no copy needed."""
+    step = 80 * 3 + 16
+    raw = np.zeros((60, step), np.uint8)
+    raw[:, :240] = frames[1].reshape(60, 240)
+    view = raw[:, :240].reshape(60, 80, 3)  # what a node builds from msg.data and msg.step
+    assert not view.flags.c_contiguous and np.shares_memory(view, raw)
+    s = make_stream(extractor)
+    assert torch.equal(s.preprocess(view), extractor.preprocess(frames[1], LOAD)[0])
+
+
 def test_float_chw_at_the_model_size_equals_rgb8(extractor, frames):
     """A float CHW frame already at the resized size needs no resize: the same batch as its uint8 source."""
     small = frames[0][:40, :53]
