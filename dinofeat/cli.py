@@ -11,12 +11,12 @@ from .errors import DinofeatError
 EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (`dinofeat weights download`)."
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, weights_help: str | None = None) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`), default dino_vits8")
     g.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
-    g.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
-                   "official file, downloaded if missing")
+    g.add_argument("--weights", default=None, help=weights_help or "checkpoint file (.pth / .safetensors); "
+                   "default: the cached official file, downloaded if missing")
     g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
@@ -25,6 +25,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="position-table resampling: as Meta's DINOv2 (offset), Hugging Face transformers (size) or "
                         "DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)")
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
+
+
+def _add_match_args(p: argparse.ArgumentParser) -> None:
+    """The matching flags of `dinofeat match` (also `dinofeat bench latency`)."""
+    p.add_argument("--num-pairs", type=int, default=10)
+    p.add_argument("--layer", type=int, default=9)
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
+    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
 
 
 def _precheck(args, layer) -> None:
@@ -213,11 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(--pairs, --all-pairs, QUERY DIR) into a Parquet file", epilog=EPILOG)
     p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY")
     p.add_argument("img2", nargs="?", metavar="IMG2|DIR")
-    p.add_argument("--num-pairs", type=int, default=10)
-    p.add_argument("--layer", type=int, default=9)
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
-    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
-    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    _add_match_args(p)
     p.add_argument("-o", "--output", default="matches.png", help="PNG with the pairs drawn (default matches.png)")
     p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -257,7 +262,7 @@ OPTIONAL_COMMANDS = (
     ("export", ".export.cli", "add_export_arguments", "export_main", "export the strided ViT to ONNX / TensorRT"),
     ("doctor", ".doctor", "add_doctor_arguments", "doctor_main",
      "print versions and devices, self-test every backend and kernel"),
-    ("bench", ".bench", "add_bench_arguments", "bench_main", "benchmark stages and end-to-end throughput"),
+    ("bench", ".bench", "add_bench_command", "bench_main", "benchmark stages and end-to-end throughput"),
     ("pca", ".apps.cli", "add_pca_arguments", "pca_main", "principal components of descriptors as images"),
     ("coseg", ".apps.cli", "add_coseg_arguments", "coseg_main", "co-segmentation: the common foreground of images"),
     ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),
