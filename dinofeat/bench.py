@@ -20,6 +20,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "dense torch), in one run. Writes JSON, a Markdown table and PNG plots. Whatever cannot run here is "
         "skipped with the reason recorded.")
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "precision"],
+                        help="all: every stage (below); precision: descriptor / saliency / Best Buddies / PCK "
+                        "deviation of each precision from fp32 on WILLOW pairs, to --out/precision.json and .md "
+                        "(docs/dynamic_shapes.md)")
+    g = parser.add_argument_group("precision (dinofeat bench precision)")
+    g.add_argument("--data", default=None, help="WILLOW-ObjectClass root (default: ../shared/data/willow beside "
+                   "the source checkout)")
+    g.add_argument("--pairs-per-class", type=int, default=4, help="WILLOW pairs per class (Car, Duck, Winebottle)")
+    g.add_argument("--load-size", type=int, default=224, help="load size (shorter side) of the precision run")
     g = parser.add_argument_group("what to measure")
     g.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
                    help="load sizes (shorter image side) of the main pipeline")
@@ -84,6 +93,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_main(args) -> int:
+    if getattr(args, "what", "all") == "precision":
+        return precision_main(args)
     try:
         from benchmarks.runner import main_from_args
     except ImportError as e:
@@ -91,3 +102,32 @@ def bench_main(args) -> int:
             f"the benchmarks package is not importable ({e}); run from a source checkout or install the wheel "
             "that ships `benchmarks` next to `dinofeat` (pip install 'dinofeat[bench]')") from None
     return main_from_args(args)
+
+
+def precision_main(args) -> int:
+    """`dinofeat bench precision --out DIR`: see `dinofeat.apps.precision`."""
+    from pathlib import Path
+
+    from .apps.precision import run_precision_bench
+    from .errors import InputError
+
+    data = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "shared" / "data" / "willow"
+    if not data.is_dir():
+        raise InputError(f"--data {str(data)!r} is not a directory; pass the WILLOW-ObjectClass root")
+    if args.pairs_per_class < 1:
+        raise InputError(f"--pairs-per-class {args.pairs_per_class}: expected >= 1")
+    out = Path(args.out) if args.out else Path("benchmarks") / "results" / "precision"
+    device = "cuda" if args.device == "auto" and _cuda() else ("cpu" if args.device == "auto" else args.device)
+    doc = run_precision_bench(model=args.model, stride=args.stride, weights=args.weights, data=data, out=out,
+                              pairs_per_class=args.pairs_per_class, load_size=args.load_size, layer=args.layer,
+                              device=device, progress=not args.quiet)
+    measured = sum(r["status"] == "measured" for r in doc["rows"])
+    print(f"wrote {out / 'precision.json'} and {out / 'precision.md'} ({measured} rows measured, "
+          f"{len(doc['rows']) - measured} not measured here, with the reason)")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -166,3 +166,39 @@ def test_cli_dynamic_export_full_model(vits8_weights_file, tmp_path, capsys):
         assert rel_err(key, rk.numpy()) < 1e-4, (h, w)
         if h > 8:
             assert rel_err(sal, rs.numpy()) < 1e-4, (h, w)
+
+
+def test_fp16_dinov3_graph_keeps_fp32_islands_and_runs_on_ort_cpu(cache_root):
+    """The half-precision graph: LayerNorm, Softmax and the whole RoPE computation (Sin, Cos and the rotation)
+    in float32, fp16 matmuls; ONNX Runtime's CPU EP runs it at two sizes without NaN, close to fp32."""
+    from onnx import TensorProto
+
+    vit = _tiny("dinov3_vits16", 8)
+    path = get_onnx(vit, REQ, 64, 96, precision="fp16", cache_dir=cache_root, dynamic=True)
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    nodes = list(model.graph.node)
+    for node in nodes:
+        if node.op_type in ("LayerNormalization", "Softmax", "Sin", "Cos"):
+            assert types[node.output[0]] == TensorProto.FLOAT, (node.op_type, node.name)
+    sins = [n for n in nodes if n.op_type in ("Sin", "Cos")]
+    assert len(sins) == 2
+    # the rotation x * cos + rotate(x) * sin multiplies float32 q/k by the float32 tables
+    table_outs = {n.output[0] for n in sins}
+    consumers = [n for n in nodes if n.op_type == "Mul" and any(
+        i in table_outs or types.get(i) == TensorProto.FLOAT for i in n.input)]
+    assert consumers and all(types[n.output[0]] == TensorProto.FLOAT for n in consumers
+                             if any(i in table_outs for i in n.input))
+    matmul_types = {types.get(n.input[1]) for n in nodes if n.op_type == "MatMul"}
+    assert TensorProto.FLOAT16 in matmul_types
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(64, 96), (120, 180)]:
+        x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32)
+        got = session.run(None, {"images": x})
+        with torch.no_grad():
+            ref = vit.forward_features(torch.from_numpy(x), REQ)
+        for g, r in zip(got, ref, strict=True):
+            assert np.isfinite(g).all() and rel_err(g, r.numpy()) < 5e-3, (h, w)
