@@ -205,7 +205,8 @@ def run_precision_bench(*, model: str, stride: int, weights, data, out, pairs_pe
         if ref is None:
             if (backend, precision) != ("torch", "fp32"):
                 raise InputError("the first row must be the fp32 reference (torch, fp32)")
-            ref = {"feats": feats, "bb": {p: _bb_pairs(feats[p[0]].desc, feats[p[1]].desc) for p in pairs}}
+            ref = {"feats": feats, "bb": {p: _bb_pairs(feats[p[0]].desc, feats[p[1]].desc) for p in pairs},
+                   "pck": row.get("pck")}
         cos = torch.cat([(feats[f].desc * ref["feats"][f].desc).sum(dim=1) for f in files])
         sal = np.concatenate([np.abs(feats[f].saliency - ref["feats"][f].saliency) for f in files])
         jac = []
@@ -217,7 +218,7 @@ def run_precision_bench(*, model: str, stride: int, weights, data, out, pairs_pe
                 "bb_jaccard_mean": float(np.mean(jac)), "bb_jaccard_min": float(np.min(jac)),
                 "bb_pairs_mean": float(np.mean([len(ref["bb"][p]) for p in pairs]))}
         if real:
-            row["pck_change"] = row["pck"] - results[0]["pck"]
+            row["pck_change"] = row["pck"] - ref["pck"]
         results.append(row)
     doc = {"settings": {"model": model, "stride": stride, "layer": layer, "facet": "key", "load_size": load_size,
                         "alpha": alpha, "pairs_per_class": pairs_per_class, "device": device,
@@ -236,7 +237,9 @@ def markdown_table(doc: dict) -> str:
     lines = [f"# Precision vs fp32 — {s['model']} stride {s['stride']}, layer {s['layer']} key, load size "
              f"{s['load_size']}, {len(s['pairs'])} WILLOW pairs, device {s['device']}", "",
              f"Weights: {s['weights']}. Machine: {doc['environment']['machine']}, {doc['environment']['cpu_count']} "
-             f"CPUs, torch {doc['environment']['torch']}, onnxruntime {doc['environment']['onnxruntime']}.", "",
+             f"CPUs, torch {doc['environment']['torch']}, onnxruntime {doc['environment']['onnxruntime']}, load average "
+             f"at the end {doc['environment'].get('load_average_at_end', ['?'])[0]:.1f} (s/image: wall time on a "
+             "shared machine, compare rows of one run only).", "",
              "| backend | precision | cos min | cos mean | saliency max dev | BB Jaccard mean (min) | "
              f"PCK@{s['alpha']} | ΔPCK | s/image | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
