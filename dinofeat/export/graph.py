@@ -4,7 +4,9 @@
 same outputs as `StridedViT.forward_features`, written so that the exported ONNX is what TensorRT and ONNX Runtime
 want:
 
-* no preprocessing, input ``images`` (B, 3, H, W) float32, batch dynamic, H and W fixed;
+* no preprocessing, input ``images`` (B, 3, H, W) float32, batch dynamic, H and W fixed (``dynamic=True``: H and
+  W dynamic too, positions / RoPE computed in the graph from the input size by `dynamic.py`, reshapes read the
+  token count at run time);
 * the position embedding for (H, W) is resampled once here (`resample_position_table`: for DINO the original's
   +0.1 bicubic) and enters the graph as a constant: no Resize op; DINOv3's RoPE sin/cos tables likewise;
 * attention is spelled out per block as separate Q, K, V projections, ``MatMul(q, k^T) / sqrt(hd)``, Softmax,
@@ -16,7 +18,8 @@ want:
   last needed block computes only what is asked (its qkv facet, or the CLS query row for saliency);
 * ``precision="fp16"``: weights and matmuls in float16, while the residual stream, every LayerNorm and every
   Softmax stay float32 (explicit Casts) and q is scaled by 1/sqrt(hd) before ``q k^T`` (the fp16 product stays
-  in range; TensorRT's strongly typed builder fuses it into its attention kernels), so the graph is valid for
+  in range; TensorRT's strongly typed builder fuses it into its attention kernels), RoPE tables and the q/k
+  rotation stay float32 (DINOv3 in fp16 would lose the angles), so the graph is valid for
   strongly typed TensorRT networks, where precision must be in the ONNX itself; inputs and outputs stay float32.
 
 Numerically the fp32 graph equals `forward_features` up to float32 summation order (checked in the tests).

@@ -1,4 +1,5 @@
-"""ONNX export of the strided ViT: one graph per (model, weights, stride, H, W, outputs, precision).
+"""ONNX export of the strided ViT: one graph per (model, weights, stride, H, W, outputs, precision), or with
+``dynamic=True`` one graph for every H, W (see `dynamic.py`; docs/dynamic_shapes.md).
 
 Pipeline (`get_onnx` runs it with caching; every step is public for tools and tests):
 
@@ -19,7 +20,8 @@ Pipeline (`get_onnx` runs it with caching; every step is public for tools and te
    ORT contrib ops, so it is for the ORT CPU/CUDA providers, never for TensorRT.
 
 Files are cached under ``<cache>/onnx/`` by a key over (model, weights SHA-256, stride, H, W, outputs, precision,
-variant, exporter version, opset, torch version), written atomically and re-hashed on every load (`cache.py`).
+variant, exporter version, opset, torch version, shape fixed | dynamic), written atomically and re-hashed on
+every load (`cache.py`).
 """
 
 from __future__ import annotations
