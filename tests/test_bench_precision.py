@@ -36,6 +36,17 @@ def test_precision_table_on_deterministic_weights(willow, tmp_path):
     assert tf32["status"] == trt["status"] == "not measured" and "tensor-core" in tf32["reason"]
 
 
+@pytest.mark.integration
+def test_onnxruntime_fp16_row_runs_the_dynamic_graph(willow, tmp_path):
+    """The fp16 dynamic graph on ORT's CPU EP: one session for every image size, finite, close to fp32."""
+    rows = (("torch", "fp32"), ("onnxruntime", "fp16"))
+    doc = run_precision_bench(model="dino_vits8", stride=8, weights=None, data=willow, out=tmp_path,
+                              pairs_per_class=1, load_size=48, layer=3, device="cpu", rows=rows, progress=False)
+    ort16 = doc["rows"][1]
+    assert ort16["status"] == "measured" and "CPU EP" in ort16["note"] and not ort16["nan"]
+    assert ort16["cosine_min"] > 0.999 and ort16["bb_jaccard_mean"] > 0.5
+
+
 def test_pairs_and_errors(willow, tmp_path, capsys):
     from dinofeat.cli import main
 

@@ -94,19 +94,28 @@ class _Runner:
         self.times: list[float] = []
         self._seen: set = set()
         device = cfg["device"]
-        if backend == "onnxruntime" and torch.device(device).type == "cpu":
-            # one dynamic-size graph for every image size (the backend would export one graph per size), run on
-            # ORT's CPU EP; the backend refuses fp16 on the CPU, the fp16 graph itself runs there
-            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], "torch", device, "fp32",
+        if backend == "onnxruntime":
+            # one dynamic-size graph for every image size (the backend would export one graph per size), run
+            # directly (CUDA EP on a GPU, else the CPU EP: the backend refuses fp16 there, the CPU EP runs the
+            # fp16 graph all the same)
+            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], "torch", "cpu", "fp32",
                                          progress=False)
-            self.session = self._graph_session()
-            self.note = f"{precision} ONNX graph (dynamic H, W) on ONNX Runtime's CPU EP"
+            self.session, where = self._graph_session(torch.device(device))
+            self.note = f"{precision} ONNX graph (dynamic H, W) on ONNX Runtime's {where}"
         else:
-            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], backend, device, precision,
-                                         progress=False)
-            self.note = ""
+            options = None
+            if backend == "tensorrt":  # one engine for every image size: a wide (batch 1) H, W profile
+                from ..export.tensorrt import ShapeProfile
+                from ..zoo import get_model_spec
 
-    def _graph_session(self):
+                p = get_model_spec(cfg["model"]).patch_size
+                load = cfg["load_size"]
+                options = {"shape_profiles": (ShapeProfile((1, p, p), (1, load, load), (1, 4 * load, 4 * load)),)}
+            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], backend, device, precision,
+                                         progress=False, backend_options=options)
+            self.note = "one engine, H, W profile up to 4x the load size" if options else ""
+
+    def _graph_session(self, device: torch.device):
         import onnxruntime as ort
 
         from ..export.model import Request
@@ -114,12 +123,19 @@ class _Runner:
 
         req = Request(facets=((self.cfg["layer"], "key"),), saliency=True)
         self.request = req
-        path = get_onnx(self.ex.backend.model, req, 224, 224, precision=self.precision,
-                        weights_id=self.ex.weights_sha256,
-                        cache_dir=self.cfg.get("cache_dir"), dynamic=True)
+        graph_precision = "fp16" if self.precision == "fp16" else "fp32"  # tf32: the fp32 graph, TF32 matmuls
+        path = get_onnx(self.ex.backend.model, req, 224, 224, precision=graph_precision,
+                        weights_id=self.ex.weights_sha256, cache_dir=self.cfg.get("cache_dir"), dynamic=True)
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            use_tf32 = "1" if self.precision == "tf32" else "0"
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(device.index or 0), "use_tf32": use_tf32}))
+        elif self.precision == "tf32":
+            raise InputError("tf32 with onnxruntime needs its CUDA EP (onnxruntime-gpu)")
+        session = ort.InferenceSession(str(path), so, providers=providers)
+        return session, session.get_providers()[0].replace("ExecutionProvider", " EP")
 
     def __call__(self, path: Path) -> _Image:
         from PIL import Image
