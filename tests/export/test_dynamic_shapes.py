@@ -32,9 +32,11 @@ from dinofeat.testing import deterministic_state_dict  # noqa: E402
 from dinofeat.zoo import get_model_spec  # noqa: E402
 
 REQ = Request(facets=((0, "key"), (1, "token")), saliency=True)
-# non-square, odd patch counts, the native grid (early exit), smallest (one patch), large, not patch multiples
-SIZES = {8: [(120, 180), (64, 96), (37, 101), (8, 8), (224, 224), (250, 70), (400, 312)],
-         14: [(120, 180), (518, 518), (37, 101), (14, 14), (224, 224), (250, 70), (392, 602)],
+# non-square, odd patch counts, the native grid (the models' early exit: 116 px = 28 windows of the 28x28 DINO
+# table at stride 4, 266 px = 37 of DINOv2's 37x37 at stride 7), one patch, not patch multiples, the largest
+# ~2-4k tokens (the 12-block CLI test goes to 448x336)
+SIZES = {8: [(120, 180), (64, 96), (37, 101), (8, 8), (116, 116), (250, 70), (300, 212)],
+         14: [(120, 180), (266, 266), (37, 101), (14, 14), (224, 224), (250, 70), (300, 412)],
          16: [(120, 180), (64, 96), (37, 101), (16, 16), (224, 224), (250, 70), (400, 312)]}
 
 
