@@ -21,7 +21,12 @@ still leaves what it measured):
 6. ``stream_latency``: `dinofeat.stream.FrameStream` over 480x640 rgb8 host frames cut from the example images
    (keyframe + matches, load 224): per-frame latency p50 / p95 / p99 / max, jitter, cold start, fps per backend
    (`dinofeat bench latency`'s measurement; ONNX Runtime / TensorRT skipped where not installed).
-7. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), bounded by the time left of the budget (a
+7. ``profiles``: one TensorRT engine from the dynamic-H, W graph with a profile per size bucket (224x224,
+   320x480); a row per profile: a size inside it, the keys / saliency deviation against the CPU fp32 reference
+   and images/s (skipped without tensorrt).
+8. ``precision``: `dinofeat bench precision` on the GPU (deterministic weights, 2 WILLOW pairs per class from
+   ``../shared/data/willow``): a row per backend x precision, its files under ``DIR/precision``.
+9. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), bounded by the time left of the budget (a
    row that fails when less than PYTEST_MIN_S is left); tests of a package that is not installed here (tensorrt,
    onnxruntime-gpu) are named in DINOFEAT_ALLOW_GPU_SKIPS. A missing pytest is a failure (the dry run too: it
    marks the row FAIL and exits 1).
@@ -53,6 +58,8 @@ BINNED_GRID, BINNED_C = (55, 55), 384  # the paper pair's grid (224, stride 4) a
 BINNED_TOL = 1e-5  # |sim| deviation, and the margin of a near-tie, of the binned CUDA kernel vs the reference
 STREAM_FRAMES = 40  # frames per stream-latency row (keyframe + warm-up match + 38 measured), <= 30 s each
 STREAM_ROWS = (("torch", "fp32"), ("torch", "fp16"), ("onnxruntime", "fp32"), ("tensorrt", "fp16"))
+PROFILE_BUCKETS = ((224, 224), (320, 480))  # TensorRT size buckets of the profiles section
+PROFILE_SIZES = ((120, 180), (300, 412))  # one input inside each bucket (not a multiple of the patch)
 BUDGET_S = 360.0  # the whole check, H100/H200 class
 PYTEST_MARGIN_S = 10.0  # left for writing the report after pytest
 PYTEST_MIN_S = 30.0  # with less than this left of the budget the pytest row fails without starting
@@ -82,6 +89,11 @@ def plan() -> list[tuple[str, str]]:
     for backend, precision in STREAM_ROWS:
         rows.append(("stream_latency", f"FrameStream {backend} {precision} cuda 480x640 rgb8, load {LOAD}: latency "
                                        "p50/p95/p99/max, jitter, cold, fps"))
+    for h, w in PROFILE_BUCKETS:
+        rows.append(("profiles", f"tensorrt fp32 dynamic engine, profile up to {h}x{w}: a size inside it, "
+                                 "deviation vs CPU fp32, images/s (skipped: not installed without tensorrt)"))
+    rows.append(("precision", "dinofeat bench precision on cuda: cosine / saliency / Best Buddies vs fp32 per "
+                              "backend x precision (fp32, tf32, bf16, fp16)"))
     rows.append(("pytest", "pytest -m gpu: passed / failed / skipped, failing tests named"))
     rows.append(("memory", "peak GPU memory per section (torch allocator)"))
     return rows
@@ -521,9 +533,66 @@ def _pytest(check: Check) -> None:
     check.add("pytest", "pytest -m gpu", "ok" if not failed and proc.returncode == 0 else "fail", detail, **counts)
 
 
+def _profiles(check: Check) -> None:
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from dinofeat.engine.backends.torch import TorchBackend
+    from dinofeat.export.model import Request
+    from dinofeat.export.tensorrt import bucket_profiles
+
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001
+        check.add("profiles", "tensorrt dynamic engine", "skipped", "not installed (tensorrt)")
+        return
+    from dinofeat.engine.backends.tensorrt import TensorRTBackend
+
+    req = Request(facets=((LAYER, "key"),), saliency=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        be = TensorRTBackend(_vit_model(), torch.device("cuda"), "fp32", "gpu-check", cache_dir=tmp,
+                             shape_profiles=bucket_profiles(PROFILE_BUCKETS, 8, max_batch=1))
+        for i, ((bh, bw), (h, w)) in enumerate(zip(PROFILE_BUCKETS, PROFILE_SIZES, strict=True)):
+            name = f"tensorrt fp32 dynamic engine, profile {i} (up to {bh}x{bw}) at {h}x{w}"
+            try:
+                x = torch.from_numpy(np.random.default_rng(i).standard_normal((1, 3, h, w)).astype("float32"))
+                with torch.inference_mode():
+                    ref = TorchBackend(_vit_model(), torch.device("cpu"), "fp32").run(x, req)
+                xc = x.cuda()
+                out = be.run(xc, req)
+                torch.cuda.synchronize()
+                dev = {f"{k}_dev": _rel(out[k].float(), ref[k]) for k in ref}
+                t = _median(_events_time(lambda xc=xc: be.run(xc, req), min_s=0.4))
+                check.add("profiles", name, "ok", images_per_s=1 / t, **dev)
+            except Exception as e:  # noqa: BLE001
+                check.add("profiles", name, "fail", f"{type(e).__name__}: {e}")
+
+
+def _precision(check: Check) -> None:
+    from dinofeat.apps.precision import run_precision_bench
+
+    data = ROOT.parent / "shared" / "data" / "willow"
+    if not data.is_dir():
+        check.add("precision", "dinofeat bench precision", "skipped", f"no WILLOW data at {data}")
+        return
+    doc = run_precision_bench(model="dino_vits8", stride=STRIDE, weights=None, data=data,
+                              out=check.out / "precision", pairs_per_class=2, load_size=LOAD, layer=LAYER,
+                              device="cuda", progress=False)
+    for r in doc["rows"]:
+        name = f"{r['backend']} {r['precision']}"
+        if r["status"] != "measured":
+            check.add("precision", name, "skipped", r["reason"])
+            continue
+        check.add("precision", name, "fail" if r["nan"] else "ok", r["note"], cosine_min=r["cosine_min"],
+                  saliency_max_dev=r["saliency_max_dev"], bb_jaccard_mean=r["bb_jaccard_mean"],
+                  s_per_image=r["seconds_per_image"])
+
+
 SECTIONS = (("doctor", _doctor), ("vit", _vit), ("best_buddies", _best_buddies), ("binned", _binned),
             ("log_bin", _log_bin), ("paper_pair", _paper_pair), ("stream_latency", _stream_latency),
-            ("pytest", _pytest))
+            ("profiles", _profiles), ("precision", _precision), ("pytest", _pytest))
 
 
 def _meta(check: Check) -> None:

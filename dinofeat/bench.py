@@ -96,11 +96,36 @@ def bench_main(args) -> int:
 def add_bench_command(parser: argparse.ArgumentParser) -> None:
     """`dinofeat bench` (the arguments above) and its sub-commands (`dinofeat bench latency`)."""
     add_bench_arguments(parser)
-    sub = parser.add_subparsers(dest="bench_command", metavar="{latency}",
+    sub = parser.add_subparsers(dest="bench_command", metavar="{latency,precision}",
                                 description="a bare `dinofeat bench` runs the stage / throughput benchmark above")
     p = sub.add_parser("latency", help="per-frame latency percentiles of the streaming API (dinofeat.stream)")
     add_latency_arguments(p)
     p.set_defaults(func=latency_main)
+    p = sub.add_parser("precision", help="accuracy of each precision against fp32 (descriptors, saliency, Best "
+                       "Buddies, PCK on WILLOW pairs) per backend")
+    add_precision_arguments(p)
+    p.set_defaults(func=precision_main)
+
+
+def add_precision_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Descriptor cosine, saliency deviation, Best Buddies agreement (Jaccard) and keypoint-transfer "
+                     "(PCK@0.1) change of each precision (fp32, tf32, bf16, fp16) against fp32, per backend, on "
+                     "WILLOW pairs, plus speed. Writes DIR/precision.json and DIR/precision.md "
+                     "(docs/dynamic_shapes.md).")
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: benchmarks/results/precision under the current directory)")
+    p.add_argument("--data", default=None, help="WILLOW-ObjectClass root (default: ../shared/data/willow beside "
+                   "the source checkout)")
+    p.add_argument("--pairs-per-class", type=int, default=4, help="WILLOW pairs per class (Car, Duck, Winebottle)")
+    p.add_argument("--load-size", type=int, default=224, help="load size (shorter side) of the precision run")
+    p.add_argument("--model", default="dino_vits8", help="zoo name")
+    p.add_argument("--stride", type=int, default=4, help="patch-embedding stride")
+    p.add_argument("--weights", default=None, help="checkpoint file; default: deterministic weights (the PCK rows "
+                   "then mean nothing; pass real weights for them)")
+    p.add_argument("--layer", type=int, default=9, help="layer whose keys are the descriptors")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
 def add_latency_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,3 +194,32 @@ def latency_main(args) -> int:
               "--max-seconds or lower --load-size for more frames in the percentiles")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def precision_main(args) -> int:
+    """`dinofeat bench precision --out DIR`: see `dinofeat.apps.precision`."""
+    from pathlib import Path
+
+    from .apps.precision import run_precision_bench
+    from .errors import InputError
+
+    data = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "shared" / "data" / "willow"
+    if not data.is_dir():
+        raise InputError(f"--data {str(data)!r} is not a directory; pass the WILLOW-ObjectClass root")
+    if args.pairs_per_class < 1:
+        raise InputError(f"--pairs-per-class {args.pairs_per_class}: expected >= 1")
+    out = Path(args.out) if args.out else Path("benchmarks") / "results" / "precision"
+    device = "cuda" if args.device == "auto" and _cuda() else ("cpu" if args.device == "auto" else args.device)
+    doc = run_precision_bench(model=args.model, stride=args.stride, weights=args.weights, data=data, out=out,
+                              pairs_per_class=args.pairs_per_class, load_size=args.load_size, layer=args.layer,
+                              device=device, progress=not args.quiet)
+    measured = sum(r["status"] == "measured" for r in doc["rows"])
+    print(f"wrote {out / 'precision.json'} and {out / 'precision.md'} ({measured} rows measured, "
+          f"{len(doc['rows']) - measured} not measured here, with the reason)")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

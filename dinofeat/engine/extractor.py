@@ -83,8 +83,11 @@ class Extractor:
 
     def __init__(self, model: str = "dino_vits8", stride: int | None = 4, weights=None, backend: str = "auto",
                  device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint",
-                 pos_interp: str | None = None, progress: bool = True):
-        """`rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the periods the checkpoint stores (Meta's
+                 pos_interp: str | None = None, progress: bool = True, backend_options: dict | None = None):
+        """`backend_options`: keyword arguments for the backend (backend='tensorrt': ``shape_profiles``, e.g.
+        ``dinofeat.export.tensorrt.bucket_profiles([(224, 224), (480, 640)], 8)``: one engine for every size in
+        the profiles, docs/dynamic_shapes.md). `rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the
+        periods the checkpoint stores (Meta's
         reference behaviour; recomputed when it stores none), "recompute" recomputes them in float32 from the RoPE
         base (timm's / transformers' behaviour). See `dinofeat.export.model.ROPE_PERIODS`.
         `pos_interp` (learned position tables): None keeps the zoo row's resampling (Meta's code); "size" resamples
@@ -112,7 +115,8 @@ class Extractor:
         self.pos_interp = self.spec.pos_interp
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
-        self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
+        self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256,
+                                      backend_options)
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
         self._lock = threading.Lock()
 

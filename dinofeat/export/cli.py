@@ -38,7 +38,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="dino_vits8", help="zoo name (default dino_vits8)")
     p.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
     p.add_argument("--size", default="224x224", help="input H x W in pixels of the preprocessed image "
-                   "(e.g. 224x224, 224x336); fixed per graph, default 224x224")
+                   "(e.g. 224x224, 224x336); fixed per graph, default 224x224; with --dynamic only the size "
+                   "traced and TensorRT's opt shape")
+    p.add_argument("--dynamic", action="store_true", help="one graph for every input H, W >= the patch size "
+                   "(position table / RoPE computed in the graph from the input size)")
     p.add_argument("--layer", type=int, nargs="+", default=[9], help="block(s) whose facet to output (default 9)")
     p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
     p.add_argument("--saliency", action="store_true", help="also output the saliency row (last block CLS attention)")
@@ -54,6 +57,15 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="also build a TensorRT engine to this file (NVIDIA GPU + tensorrt package needed)")
     p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch (default 8)")
     p.add_argument("--opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for (default 1)")
+    shapes = p.add_argument_group("TensorRT shape profiles (dynamic H, W; imply --dynamic)")
+    shapes.add_argument("--min-shape", metavar="BxHxW", help="one wide profile: smallest input (default "
+                        "1 x patch x patch)")
+    shapes.add_argument("--opt-shape", metavar="BxHxW", help="one wide profile: shape to tune for (default "
+                        "opt-batch x --size)")
+    shapes.add_argument("--max-shape", metavar="BxHxW", help="one wide profile: largest input (default "
+                        "max-batch x max(--size, 1024) per side)")
+    shapes.add_argument("--size-buckets", metavar="HxW[,HxW...]", help="one profile per bucket (smallest area "
+                        "first; a call uses the first bucket holding its H and W, from the patch size up)")
     typing = p.add_mutually_exclusive_group()
     typing.add_argument("--strongly-typed", dest="strongly_typed", action="store_true", default=None,
                         help="TensorRT: strongly typed network (default on 11.x)")
@@ -80,6 +92,14 @@ def export_main(args) -> int:
     from .onnx import copy_onnx, get_onnx, output_shapes, tensorrt_op_table, tensorrt_unsupported_ops
 
     quiet = bool(getattr(args, "quiet", False))
+    ranged = any(getattr(args, k, None) for k in ("min_shape", "opt_shape", "max_shape", "size_buckets"))
+    if ranged and not args.tensorrt_engine:
+        raise InputError("--min-shape/--opt-shape/--max-shape/--size-buckets shape a TensorRT engine; add "
+                         "--tensorrt-engine ENGINE")
+    if getattr(args, "size_buckets", None) and any(getattr(args, k, None) for k in ("min_shape", "opt_shape",
+                                                                                   "max_shape")):
+        raise InputError("use either --size-buckets or --min-shape/--opt-shape/--max-shape, not both")
+    dynamic = bool(getattr(args, "dynamic", False)) or ranged
     height, width = parse_size(args.size)
     spec = get_model_spec(args.model)
     p = spec.patch_size
@@ -99,7 +119,7 @@ def export_main(args) -> int:
                     getattr(args, "pos_interp", None))
     with torch.no_grad():
         path = get_onnx(vit, request, height, width, precision=args.precision, weights_id=loaded.sha256,
-                        variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)
+                        variant=args.variant, cache_dir=args.cache_dir, progress=not quiet, dynamic=dynamic)
     import onnx
 
     try:
@@ -115,21 +135,42 @@ def export_main(args) -> int:
         ops[name] = ops.get(name, 0) + 1
     bad = tensorrt_unsupported_ops(model)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {cache.sha256_file(out)[:16]}...)")
-    print(f"  {spec.name} stride {args.stride}, input images (batch, 3, {height}, {width}) float32, "
-          f"grid {rows}x{cols} = {rows * cols} tokens, opset "
+    hw, tokens = ("height, width", "tokens") if dynamic else (f"{height}, {width}", str(rows * cols))
+    grid = f"any H, W >= {p} (traced at {height}x{width}: grid {rows}x{cols})" if dynamic else \
+        f"grid {rows}x{cols} = {rows * cols} tokens"
+    print(f"  {spec.name} stride {args.stride}, input images (batch, 3, {hw}) float32, {grid}, opset "
           f"{next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}, variant {args.variant}")
     for name, shape in shapes.items():
-        print(f"  output {name}: (batch, {', '.join(map(str, shape))}) float32")
+        dims = (tokens,) + tuple(map(str, shape[1:]))
+        print(f"  output {name}: (batch, {', '.join(dims)}) float32")
     print(f"  ops: {', '.join(f'{k} {v}' for k, v in sorted(ops.items()))}")
     if args.variant == "plain":
         floor = tensorrt_op_table()["tensorrt_floor"]
         print(f"  TensorRT {floor}+ ONNX op support: " + ("all ops supported" if not bad else f"UNSUPPORTED {bad}"))
     if args.tensorrt_engine:
-        _export_engine(args, vit, request, height, width, loaded.sha256, quiet)
+        profiles = shape_profiles(args, p, height, width) if dynamic else None
+        _export_engine(args, vit, request, height, width, loaded.sha256, quiet, profiles)
     return 0
 
 
-def _export_engine(args, vit, request, height, width, weights_id, quiet) -> None:
+def shape_profiles(args, patch_size: int, height: int, width: int):
+    """The engine's `ShapeProfile`s from --size-buckets, or one wide profile from --min/--opt/--max-shape
+    (defaults: 1 x patch x patch, opt-batch x --size, max-batch x max(--size, 1024) per side)."""
+    from .tensorrt import ShapeProfile, bucket_profiles, parse_shape
+
+    if args.size_buckets:
+        sizes = [parse_size(t) for t in str(args.size_buckets).split(",") if t.strip()]
+        return bucket_profiles(sizes, patch_size, opt_batch=args.opt_batch, max_batch=args.max_batch)
+    lo = parse_shape(args.min_shape, "--min-shape") if args.min_shape else (1, patch_size, patch_size)
+    opt = parse_shape(args.opt_shape, "--opt-shape") if args.opt_shape else (args.opt_batch, height, width)
+    hi = parse_shape(args.max_shape, "--max-shape") if args.max_shape else \
+        (args.max_batch, max(height, 1024), max(width, 1024))
+    if min(lo[1:]) < patch_size:
+        raise InputError(f"--min-shape {'x'.join(map(str, lo))}: H and W must be >= the patch size {patch_size}")
+    return (ShapeProfile(lo, opt, hi),)
+
+
+def _export_engine(args, vit, request, height, width, weights_id, quiet, profiles=None) -> None:
     import json
 
     from . import cache
@@ -139,18 +180,21 @@ def _export_engine(args, vit, request, height, width, weights_id, quiet) -> None
     trt = trt_export.import_tensorrt()
     plan = trt_export.build_plan(trt, args.precision, args.strongly_typed)
     onnx_path = get_onnx(vit, request, height, width, precision=plan["onnx_precision"], weights_id=weights_id,
-                         variant="plain", cache_dir=args.cache_dir, progress=not quiet)
+                         variant="plain", cache_dir=args.cache_dir, progress=not quiet, dynamic=bool(profiles))
     profile = trt_export.Profile(1, args.opt_batch, args.max_batch)
     _, _, manifest = trt_export.get_engine(onnx_path, precision=args.precision, profile=profile, height=height,
                                            width=width, strongly_typed=args.strongly_typed,
-                                           cache_dir=args.cache_dir, progress=not quiet, trt=trt)
+                                           cache_dir=args.cache_dir, progress=not quiet, trt=trt,
+                                           shape_profiles=profiles)
     src = Path(manifest["paths"][manifest["meta"]["engine"]])
     dest = Path(args.tensorrt_engine)
     cache.atomic_write_bytes(dest, src.read_bytes())
     meta = dict(manifest["meta"], engine=dest.name)
     cache.atomic_write_bytes(dest.with_suffix(dest.suffix + ".json"), json.dumps(meta, indent=1).encode())
+    ranges = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(profiles)) if profiles else \
+        f"batch 1..{args.max_batch}"
     print(f"wrote TensorRT engine {dest} (TensorRT {plan['version']}, {plan['typing']} typing, "
-          f"{meta['gpu']} sm{meta['compute_capability']}, batch 1..{args.max_batch})", file=sys.stdout)
+          f"{meta['gpu']} sm{meta['compute_capability']}, {ranges})", file=sys.stdout)
 
 
-__all__ = ["add_export_arguments", "export_main", "parse_size"]
+__all__ = ["add_export_arguments", "export_main", "parse_size", "shape_profiles"]

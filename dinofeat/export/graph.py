@@ -4,7 +4,9 @@
 same outputs as `StridedViT.forward_features`, written so that the exported ONNX is what TensorRT and ONNX Runtime
 want:
 
-* no preprocessing, input ``images`` (B, 3, H, W) float32, batch dynamic, H and W fixed;
+* no preprocessing, input ``images`` (B, 3, H, W) float32, batch dynamic, H and W fixed (``dynamic=True``: H and
+  W dynamic too, positions / RoPE computed in the graph from the input size by `dynamic.py`, reshapes read the
+  token count at run time);
 * the position embedding for (H, W) is resampled once here (`resample_position_table`: for DINO the original's
   +0.1 bicubic) and enters the graph as a constant: no Resize op; DINOv3's RoPE sin/cos tables likewise;
 * attention is spelled out per block as separate Q, K, V projections, ``MatMul(q, k^T) / sqrt(hd)``, Softmax,
@@ -16,7 +18,8 @@ want:
   last needed block computes only what is asked (its qkv facet, or the CLS query row for saliency);
 * ``precision="fp16"``: weights and matmuls in float16, while the residual stream, every LayerNorm and every
   Softmax stay float32 (explicit Casts) and q is scaled by 1/sqrt(hd) before ``q k^T`` (the fp16 product stays
-  in range; TensorRT's strongly typed builder fuses it into its attention kernels), so the graph is valid for
+  in range; TensorRT's strongly typed builder fuses it into its attention kernels), RoPE tables and the q/k
+  rotation stay float32 (DINOv3 in fp16 would lose the angles), so the graph is valid for
   strongly typed TensorRT networks, where precision must be in the ONNX itself; inputs and outputs stay float32.
 
 Numerically the fp32 graph equals `forward_features` up to float32 summation order (checked in the tests).
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import Request, StridedViT, apply_rope, resample_position_table
+from .dynamic import dynamic_position_table, dynamic_rope
+from .model import Request, StridedViT, apply_rope, recomputed_periods, resample_position_table
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -45,7 +49,8 @@ class ExportGraph(nn.Module):
         precision: "fp32" or "fp16" (see the module docstring).
     """
 
-    def __init__(self, vit: StridedViT, request: Request, height: int, width: int, precision: str = "fp32"):
+    def __init__(self, vit: StridedViT, request: Request, height: int, width: int, precision: str = "fp32",
+                 dynamic: bool = False):
         super().__init__()
         if precision not in DTYPES:
             raise ValueError(f"precision={precision!r}: the export graph supports {', '.join(DTYPES)}")
@@ -63,6 +68,8 @@ class ExportGraph(nn.Module):
             raise ValueError(f"image {height}x{width} is smaller than the patch size {spec.patch_size}")
         self.num_patches = rows * cols
         self.num_tokens = self.num_prefix + self.num_patches
+        self.dynamic = bool(dynamic)
+        self.patch_size, self.stride = spec.patch_size, vit.stride
         self.saliency_heads = list(vit.saliency_heads)
 
         wanted: dict[int, list[str]] = {}
@@ -80,7 +87,19 @@ class ExportGraph(nn.Module):
         self.patch_embed = _cast_copy(vit.patch_embed.proj, dt)
         # Prefix rows (CLS + position 0, registers) are constants; patch positions are added after the conv.
         cls = vit.cls_token.detach().float()
-        if spec.pos == "learned":
+        self.use_rope = spec.pos != "learned"
+        if self.dynamic:  # positions computed in the graph from the input size (see dynamic.py)
+            self.pos_patch = None
+            if spec.pos == "learned":
+                g = spec.pos_grid
+                cls = cls + vit.pos_embed.detach().float()[:, :1]
+                table = vit.pos_embed.detach().float()[0, 1:].reshape(g, g, -1)
+                self.register_buffer("pos_grid", table.clone(), persistent=False)
+            else:
+                periods = vit.rope_periods if vit.rope_periods is not None else recomputed_periods(
+                    spec.head_dim, spec.rope_base)
+                self.register_buffer("rope_period_table", periods.float().clone(), persistent=False)
+        elif spec.pos == "learned":
             # The model's own per-size table (SEMANTICS §3 +0.1 bicubic for DINO), resampled here in fp32 on the CPU.
             table = resample_position_table(spec, vit.pos_embed, self.height, self.width, vit.stride)
             cls = cls + table[:, :1]
@@ -89,8 +108,9 @@ class ExportGraph(nn.Module):
         else:
             self.pos_patch = None
             sin, cos = vit.rope_embedding(self.height, self.width)
-            self.register_buffer("rope_sin", sin.to(dt).clone(), persistent=False)
-            self.register_buffer("rope_cos", cos.to(dt).clone(), persistent=False)
+            # float32 in every precision: the rotation runs in float32 (apply_rope upcasts q/k to the table's dtype)
+            self.register_buffer("rope_sin", sin.clone(), persistent=False)
+            self.register_buffer("rope_cos", cos.clone(), persistent=False)
         prefix = [cls]
         if spec.num_register_tokens:
             prefix.append(vit.register_tokens.detach().float())
@@ -105,13 +125,25 @@ class ExportGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dt = self.dtype
         x = images.to(dt)
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, D)
-        if self.pos_patch is not None:
+        grid = self.patch_embed(x)  # (B, D, rows, cols)
+        tokens = grid.flatten(2).transpose(1, 2)  # (B, T, D)
+        rope = None
+        if self.dynamic:
+            rows, cols = grid.shape[-2], grid.shape[-1]
+            height, width = images.shape[-2], images.shape[-1]
+            if not self.use_rope:  # fp32 table, added in the compute dtype as the fixed graph does
+                pos = dynamic_position_table(self.pos_grid, rows, cols, height, width, self.spec.pos_interp)
+                tokens = tokens + pos.to(dt)
+            else:  # RoPE tables stay float32 (the rotation runs in float32, see apply_rope)
+                rope = dynamic_rope(rows, cols, height, width, self.patch_size, self.stride,
+                                    self.rope_period_table)
+        elif self.pos_patch is not None:
             tokens = tokens + self.pos_patch
+        else:
+            rope = (self.rope_sin, self.rope_cos)
         tokens = tokens.float()
         prefix = self.prefix.expand(tokens.shape[0], -1, -1)
         x = torch.cat([prefix, tokens], dim=1)  # (B, N, D) float32 residual stream
-        rope = (self.rope_sin, self.rope_cos) if self.pos_patch is None else None
 
         results: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
@@ -135,7 +167,7 @@ class _ExportBlock(nn.Module):
     def __init__(self, block, graph: ExportGraph, dtype: torch.dtype, facets: list[str]):
         super().__init__()
         d = graph.dim
-        self.n = graph.num_tokens
+        self.n = -1 if graph.dynamic else graph.num_tokens  # -1: the token axis is read at run time
         self.num_prefix = graph.num_prefix
         self.heads = graph.num_heads
         self.hd = graph.head_dim
@@ -170,6 +202,8 @@ class _ExportBlock(nn.Module):
         return self.ln1(x).to(self.dtype)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        if self.n < 0:
+            return t.reshape(t.shape[0], -1, self.heads, self.hd)
         return t.reshape(-1, self.n, self.heads, self.hd)
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
@@ -186,7 +220,8 @@ class _ExportBlock(nn.Module):
         else:  # fp16: scale q first, so q.k^T stays in range and TensorRT fuses the attention (MHA) kernels
             scores = torch.matmul(q * self.scale, k).float()
         attn = scores.softmax(dim=-1).to(self.dtype)
-        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, self.n, self.dim)
+        out = torch.matmul(attn, v).transpose(1, 2)
+        out = out.reshape(out.shape[0], -1, self.dim) if self.n < 0 else out.reshape(-1, self.n, self.dim)
         # Branch first, residual second (a + b == b + a exactly): ORT's fusion walks input 0 of the Add.
         x = self.ls1(self.proj(out)).float() + x
         h2 = self.ln2(x).to(self.dtype)
@@ -195,6 +230,9 @@ class _ExportBlock(nn.Module):
     def facet(self, h: torch.Tensor, facet: str) -> torch.Tensor:
         """query/key/value facet (B, T, hd*heads), channel d*heads + h, recomputed on a (B*N, D) view (Gemm)."""
         t = F.linear(h.reshape(-1, self.dim), getattr(self, f"{facet}_w"), getattr(self, f"{facet}_b"))
+        if self.n < 0:
+            t = t.reshape(h.shape[0], -1, self.heads, self.hd)[:, self.num_prefix:]
+            return t.permute(0, 1, 3, 2).reshape(h.shape[0], -1, self.hd * self.heads)
         t = t.reshape(-1, self.n, self.heads, self.hd)[:, self.num_prefix:]
         return t.permute(0, 1, 3, 2).reshape(-1, self.n - self.num_prefix, self.hd * self.heads)
 

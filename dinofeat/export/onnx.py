@@ -1,4 +1,5 @@
-"""ONNX export of the strided ViT: one graph per (model, weights, stride, H, W, outputs, precision).
+"""ONNX export of the strided ViT: one graph per (model, weights, stride, H, W, outputs, precision), or with
+``dynamic=True`` one graph for every H, W (see `dynamic.py`; docs/dynamic_shapes.md).
 
 Pipeline (`get_onnx` runs it with caching; every step is public for tools and tests):
 
@@ -19,7 +20,8 @@ Pipeline (`get_onnx` runs it with caching; every step is public for tools and te
    ORT contrib ops, so it is for the ORT CPU/CUDA providers, never for TensorRT.
 
 Files are cached under ``<cache>/onnx/`` by a key over (model, weights SHA-256, stride, H, W, outputs, precision,
-variant, exporter version, opset, torch version), written atomically and re-hashed on every load (`cache.py`).
+variant, exporter version, opset, torch version, shape fixed | dynamic), written atomically and re-hashed on
+every load (`cache.py`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from . import cache
 from .model import Request, StridedViT
 
 OPSET = 17
-EXPORTER_VERSION = "2"  # 2: fp16 graph scales q before q.k^T
+EXPORTER_VERSION = "3"  # 2: fp16 graph scales q before q.k^T; 3: fp16 graphs keep RoPE tables float32
 INPUT_NAME = "images"
 PRECISIONS = ("fp32", "fp16")
 VARIANTS = ("plain", "ort")
+MAX_SIDE = 16384  # largest H or W a dynamic graph accepts (torch.export needs a bound)
 MAX_PROTO_BYTES = 1_800_000_000  # above this, weights go to an external-data file (protobuf's 2 GiB limit)
 VERIFY_RTOL = 1e-4
 TRT_OPS_FILE = Path(__file__).with_name("data") / "tensorrt10_onnx_ops.json"
@@ -98,6 +101,11 @@ class GraphSpec:
     num_patches: tuple[int, int] = field(default=(0, 0), compare=False)
     rope_periods: str = ""  # RoPE models with given periods: their float32 values, comma-separated; else ""
     pos_interp: str = ""  # position-table resampling when it is not the zoo row's (`Extractor(pos_interp=)`); else ""
+    dynamic: bool = False  # H and W dynamic (height, width: the size traced and checked); else fixed
+
+    @property
+    def shape_kind(self) -> str:
+        return "dynamic" if self.dynamic else "fixed"
 
     @property
     def outputs(self) -> list[str]:
@@ -108,6 +116,7 @@ class GraphSpec:
             "model": self.model, "weights": self.weights_id, "stride": self.stride, "height": self.height,
             "width": self.width, "outputs": self.outputs, "precision": self.precision, "variant": variant,
             "exporter": EXPORTER_VERSION, "opset": OPSET, "torch": torch.__version__.split("+")[0],
+            "shape": self.shape_kind,
         }
         if self.rope_periods:  # the same file gives two graphs under rope_periods="checkpoint" / "recompute"
             fields["rope_periods"] = self.rope_periods
@@ -126,18 +135,20 @@ class GraphSpec:
             "dinofeat.width": str(self.width), "dinofeat.outputs": ",".join(self.outputs),
             "dinofeat.precision": self.precision, "dinofeat.weights_sha256": self.weights_id,
             "dinofeat.num_patches": f"{self.num_patches[0]}x{self.num_patches[1]}",
+            "dinofeat.shape": self.shape_kind,
         }
 
 
 def graph_spec(vit: StridedViT, request: Request, height: int, width: int, precision: str = "fp32",
-               weights_id: str = "") -> GraphSpec:
+               weights_id: str = "", dynamic: bool = False) -> GraphSpec:
+    """`dynamic`: a graph for every H, W >= the patch size; (height, width) is then the size traced."""
     _check_args(vit, request, height, width, precision)
     periods = getattr(vit, "rope_periods", None)
     rope = "" if periods is None else ",".join(repr(float(v)) for v in periods.tolist())
     zoo_interp = MODELS[vit.spec.name].pos_interp if vit.spec.name in MODELS else vit.spec.pos_interp
     interp = "" if vit.spec.pos_interp == zoo_interp else vit.spec.pos_interp
     return GraphSpec(vit.spec.name, vit.stride, int(height), int(width), request, precision, weights_id,
-                     vit.grid(int(height), int(width)), rope, interp)
+                     vit.grid(int(height), int(width)), rope, interp, bool(dynamic))
 
 
 def output_shapes(vit: StridedViT, request: Request, height: int, width: int) -> dict[str, tuple[int, ...]]:
@@ -173,24 +184,31 @@ def _check_args(vit, request: Request, height, width, precision: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- export
 def export_onnx(vit: StridedViT, request: Request, height: int, width: int, *, precision: str = "fp32",
-                weights_id: str = "", verbose: bool = False):
+                weights_id: str = "", dynamic: bool = False, verbose: bool = False):
     """Trace the export graph for one size and request; returns a checked `onnx.ModelProto` (opset 17).
 
     Args:
         vit: loaded fp32 model (not modified).
         request: outputs, e.g. ``Request(facets=((9, "key"),), saliency=True)``.
-        height, width: fixed input size in pixels (the batch axis is dynamic).
+        height, width: fixed input size in pixels (the batch axis is dynamic); with `dynamic`, the size traced.
+        dynamic: H and W dynamic too (any size >= the patch size): positions / RoPE computed in the graph from
+            the input size (`dynamic.py`), outputs (batch, T, C) with T symbolic.
         precision: "fp32", or "fp16" (fp16 weights/matmuls, fp32 LayerNorm/Softmax/residual, fp32 I/O).
         weights_id: SHA-256 of the weights, stored in the model's metadata.
     """
     _require_onnx()
     from .graph import ExportGraph
 
-    spec = graph_spec(vit, request, height, width, precision, weights_id)
+    spec = graph_spec(vit, request, height, width, precision, weights_id, dynamic)
     vit = vit.float().eval()
-    graph = ExportGraph(vit, request, spec.height, spec.width, precision).eval()
+    graph = ExportGraph(vit, request, spec.height, spec.width, precision, dynamic=dynamic).eval()
     example = torch.zeros(2, 3, spec.height, spec.width)
     batch = torch.export.Dim("batch", min=1, max=65536)
+    dims = {0: batch}
+    if dynamic:
+        p = vit.spec.patch_size
+        dims.update({2: torch.export.Dim("height", min=p, max=MAX_SIDE), 3: torch.export.Dim("width", min=p,
+                                                                                            max=MAX_SIDE)})
     sink = io.StringIO()
     t0 = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -199,7 +217,7 @@ def export_onnx(vit: StridedViT, request: Request, height: int, width: int, *, p
         with redirect:
             program = torch.onnx.export(
                 graph, (example,), None, dynamo=True, opset_version=18, input_names=[INPUT_NAME],
-                output_names=spec.outputs, dynamic_shapes=({0: batch},), optimize=True, verbose=verbose,
+                output_names=spec.outputs, dynamic_shapes=(dims,), optimize=True, verbose=verbose,
                 external_data=False,
             )
     model = program.model_proto
@@ -210,8 +228,9 @@ def export_onnx(vit: StridedViT, request: Request, height: int, width: int, *, p
     from .. import __version__
 
     model.producer_version = __version__
+    hw = "height, width" if dynamic else f"{spec.height}, {spec.width}"
     model.doc_string = (f"dinofeat strided ViT {spec.model} stride {spec.stride}, input {INPUT_NAME} "
-                        f"(batch, 3, {spec.height}, {spec.width}) normalised float32, outputs {spec.outputs}")
+                        f"(batch, 3, {hw}) normalised float32, outputs {spec.outputs}")
     del model.metadata_props[:]
     for k, v in spec.metadata().items():
         model.metadata_props.add(key=k, value=v)
@@ -388,7 +407,10 @@ def _check_io(model, spec: GraphSpec, vit: StridedViT | None) -> list[str]:
         dims = _dims(inputs[0])
         if inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
             problems.append("input is not float32")
-        if len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != [3, spec.height, spec.width]:
+        if spec.dynamic:
+            if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, str) for d in dims[:1] + dims[2:]):
+                problems.append(f"input shape {dims} != [batch, 3, height, width] (symbolic)")
+        elif len(dims) != 4 or not isinstance(dims[0], str) or dims[1:] != [3, spec.height, spec.width]:
             problems.append(f"input shape {dims} != [batch, 3, {spec.height}, {spec.width}]")
     names = [o.name for o in model.graph.output]
     if names != spec.outputs:
@@ -399,7 +421,13 @@ def _check_io(model, spec: GraphSpec, vit: StridedViT | None) -> list[str]:
             dims = _dims(out)
             if out.type.tensor_type.elem_type != TensorProto.FLOAT:
                 problems.append(f"output {out.name} is not float32")
-            if not dims or not isinstance(dims[0], str) or tuple(dims[1:]) != shapes[out.name]:
+            if spec.dynamic:
+                want = shapes[out.name][1:]
+                if len(dims) != 1 + len(shapes[out.name]) or not all(isinstance(d, str) for d in dims[:2]) \
+                        or tuple(dims[2:]) != want:
+                    problems.append(f"output {out.name} shape {dims} != [batch, tokens"
+                                    f"{''.join(f', {d}' for d in want)}] (batch, tokens symbolic)")
+            elif not dims or not isinstance(dims[0], str) or tuple(dims[1:]) != shapes[out.name]:
                 problems.append(f"output {out.name} shape {dims} != [batch, {', '.join(map(str, shapes[out.name]))}]")
     return problems
 
@@ -498,21 +526,23 @@ def weights_sha256(vit: StridedViT) -> str:
 
 def get_onnx(vit: StridedViT, request: Request, height: int, width: int, *, precision: str = "fp32",
              weights_id: str = "", variant: str = "plain", cache_dir=None, verify: bool = True,
-             progress: bool = False) -> Path:
+             progress: bool = False, dynamic: bool = False) -> Path:
     """Path of the cached ONNX file for this graph, exporting (and optimising) it on first use.
 
     Args:
         variant: "plain" (portable, TensorRT-clean) or "ort" (transformer-fused for ONNX Runtime, fp32 only).
         cache_dir: cache root (default `cache.cache_root()`); files go to ``<root>/onnx``.
         verify: check the "ort" variant's outputs against the plain graph before caching it.
+        dynamic: one graph for every H, W (see `export_onnx`); (height, width) is the size traced.
     """
     if variant not in VARIANTS:
         raise InputError(f"variant={variant!r}: choose one of {', '.join(VARIANTS)}")
     weights_id = weights_id or weights_sha256(vit)
-    spec = graph_spec(vit, request, height, width, precision, weights_id)
+    spec = graph_spec(vit, request, height, width, precision, weights_id, dynamic)
     directory = cache.cache_subdir("onnx", cache_dir)
     key = cache.make_key(spec.cache_fields(variant))
-    name = f"{spec.model}_s{spec.stride}_{spec.height}x{spec.width}_{precision}_{variant}_{key}.onnx"
+    size = "dynHW" if dynamic else f"{spec.height}x{spec.width}"
+    name = f"{spec.model}_s{spec.stride}_{size}_{precision}_{variant}_{key}.onnx"
     with cache.entry_lock(directory, key):  # one build per key, also across processes
         return _get_or_build(vit, request, height, width, spec, directory, key, name, precision=precision,
                              weights_id=weights_id, variant=variant, cache_dir=cache_dir, verify=verify,
@@ -526,12 +556,13 @@ def _get_or_build(vit, request, height, width, spec, directory, key, name, *, pr
         return Path(found["paths"][found["meta"]["onnx"]])
     if variant == "plain":
         _say(progress, f"exporting {spec.model} stride {spec.stride} {spec.height}x{spec.width} {spec.outputs} "
-                       f"({precision}) to ONNX ...")
-        model = export_onnx(vit, request, spec.height, spec.width, precision=precision, weights_id=weights_id)
+                       f"({precision}{', dynamic H, W' if spec.dynamic else ''}) to ONNX ...")
+        model = export_onnx(vit, request, spec.height, spec.width, precision=precision, weights_id=weights_id,
+                            dynamic=spec.dynamic)
         meta = {"onnx": name, **spec.cache_fields(variant)}
     else:
         plain_path = get_onnx(vit, request, height, width, precision=precision, weights_id=weights_id,
-                              variant="plain", cache_dir=cache_dir, progress=progress)
+                              variant="plain", cache_dir=cache_dir, progress=progress, dynamic=spec.dynamic)
         onnx = _require_onnx()
         _say(progress, "optimising the graph for ONNX Runtime (attention fusion) and verifying it ...")
         plain = onnx.load(str(plain_path))

@@ -17,7 +17,10 @@ Typing, by version (`build_plan` decides, from the module's own API surface):
 fp32 clears ``BuilderFlag.TF32`` (on by default in TensorRT: fp32 would be TF32 on Ampere+ and miss the 1e-4
 parity); ``precision="tf32"`` is the explicit opt-in (fp32 graph, TF32 flag set).
 
-Every engine has one optimisation profile for the input ``images``: batch min..opt..max at the graph's fixed H, W.
+A fixed-size graph's engine has one optimisation profile for the input ``images``: batch min..opt..max at the
+graph's H, W. A dynamic-size graph's engine (`ShapeProfile`) has one profile per size bucket (`bucket_profiles`)
+or one wide (batch, H, W) range; the backend picks the profile per call (`select_profile`) and the cache keys on
+the profile set.
 A timing cache per (TensorRT version, GPU) speeds up rebuilds. Engines are cached under ``<cache>/trt/`` by a key
 over (ONNX SHA-256, TensorRT version, GPU name + compute capability, precision, typing, profile); the manifest
 records those fields and `check_engine_meta` refuses an engine whose fields do not match the running system
@@ -136,15 +139,91 @@ class Profile:
         return tuple((b, 3, height, width) for b in (self.min_batch, self.opt_batch, self.max_batch))
 
 
+@dataclass(frozen=True)
+class ShapeProfile:
+    """Optimisation profile over (batch, H, W) of an engine built from a dynamic-size graph.
+
+    `min`, `opt`, `max`: (batch, height, width) with min <= opt <= max on every axis.
+    """
+
+    min: tuple[int, int, int]
+    opt: tuple[int, int, int]
+    max: tuple[int, int, int]
+
+    def __post_init__(self):
+        for name in ("min", "opt", "max"):
+            v = getattr(self, name)
+            if len(v) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in v):
+                raise InputError(f"profile {name} shape {v!r}: expected (batch, height, width), positive ints")
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
+            raise InputError(f"profile shapes must satisfy min <= opt <= max on batch, H and W; got min "
+                             f"{_bhw(self.min)}, opt {_bhw(self.opt)}, max {_bhw(self.max)}")
+
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max) input shapes (batch, 3, H, W), as ``IOptimizationProfile.set_shape`` takes them."""
+        return tuple((b, 3, h, w) for b, h, w in (self.min, self.opt, self.max))
+
+    def contains(self, batch: int, height: int, width: int) -> bool:
+        return all(lo <= v <= hi for lo, v, hi in zip(self.min, (batch, height, width), self.max, strict=True))
+
+    def describe(self) -> str:
+        (b0, h0, w0), (b1, h1, w1) = self.min, self.max
+        return f"batch {b0}..{b1}, H {h0}..{h1}, W {w0}..{w1}"
+
+    def as_list(self) -> list[list[int]]:
+        return [list(self.min), list(self.opt), list(self.max)]
+
+
+def _bhw(v) -> str:
+    return "x".join(map(str, v))
+
+
+def parse_shape(text: str, flag: str) -> tuple[int, int, int]:
+    """"1x224x336" -> (1, 224, 336) as (batch, H, W); `flag` names the option in the error."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"{flag} {text!r}: expected BxHxW (batch x height x width in pixels), e.g. 1x224x224")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def bucket_profiles(sizes, patch_size: int, *, min_batch: int = 1, opt_batch: int = 1,
+                    max_batch: int = 8) -> tuple[ShapeProfile, ...]:
+    """One profile per size bucket (H, W), smallest area first: bucket i accepts every H <= H_i, W <= W_i down to
+    the patch size, and is tuned for (opt_batch, H_i, W_i); `select_profile` takes the first bucket that fits."""
+    sizes = sorted({(int(h), int(w)) for h, w in sizes}, key=lambda s: (s[0] * s[1], s))
+    if not sizes:
+        raise InputError("--size-buckets names no size; give HxW[,HxW...], e.g. 224x224,480x640")
+    for h, w in sizes:
+        if h < patch_size or w < patch_size:
+            raise InputError(f"size bucket {h}x{w} is smaller than the patch size {patch_size}")
+    return tuple(ShapeProfile((min_batch, patch_size, patch_size), (opt_batch, h, w), (max_batch, h, w))
+                 for h, w in sizes)
+
+
+def select_profile(profiles, batch: int, height: int, width: int) -> int:
+    """Index of the first profile containing (batch, H, W); `InputError` naming the built range otherwise."""
+    for i, p in enumerate(profiles):
+        if p.contains(batch, height, width):
+            return i
+    built = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(profiles))
+    raise InputError(f"input batch {batch} of {height}x{width} images is outside the TensorRT engine's shape "
+                     f"profiles ({built}); resize the images into that range or rebuild the engine with a wider "
+                     "--max-shape / more --size-buckets")
+
+
 def engine_fields(onnx_sha256: str, trt_ver: str, gpu: dict, precision: str, typing: str, profile: Profile,
-                  height: int, width: int, opt_level: int | None = None) -> dict:
-    """The fields an engine is keyed by and checked against."""
-    return {
+                  height: int, width: int, opt_level: int | None = None, shape_profiles=None) -> dict:
+    """The fields an engine is keyed by and checked against. With `shape_profiles` (a dynamic-size engine) the
+    profile set replaces the batch profile and H, W are "dynamic"."""
+    fields = {
         "onnx_sha256": onnx_sha256, "tensorrt": trt_ver, "gpu": gpu["name"],
         "compute_capability": gpu["compute_capability"], "precision": precision, "typing": typing,
         "profile": [profile.min_batch, profile.opt_batch, profile.max_batch], "height": height, "width": width,
         "builder_optimization_level": opt_level,
     }
+    if shape_profiles:
+        fields.update(profile=[p.as_list() for p in shape_profiles], height="dynamic", width="dynamic")
+    return fields
 
 
 def check_engine_meta(meta: dict, expected: dict) -> list[str]:
@@ -193,9 +272,11 @@ def _progress_monitor(trt, stream=None):
 
 def build_engine(onnx_path, *, precision: str = "fp32", profile: Profile = Profile(), height: int, width: int,
                  strongly_typed: bool | None = None, timing_cache_path=None, workspace_bytes: int | None = None,
-                 opt_level: int | None = None, progress: bool = True, trt=None) -> bytes:
+                 opt_level: int | None = None, progress: bool = True, trt=None, shape_profiles=None) -> bytes:
     """Parse `onnx_path` and build a serialized engine (bytes). `onnx_path` must be the graph `build_plan` names
-    (``onnx_precision``): fp32 for weak typing, the fp16 graph for strongly typed fp16."""
+    (``onnx_precision``): fp32 for weak typing, the fp16 graph for strongly typed fp16. `shape_profiles`
+    (`ShapeProfile`s, for a dynamic-size graph): one optimisation profile each, in order, instead of the batch
+    `profile` at (height, width)."""
     trt = trt or import_tensorrt()
     plan = build_plan(trt, precision, strongly_typed)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -225,9 +306,10 @@ def build_engine(onnx_path, *, precision: str = "fp32", profile: Profile = Profi
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if opt_level is not None:
         config.builder_optimization_level = int(opt_level)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT_NAME, *profile.shapes(height, width))
-    config.add_optimization_profile(opt_profile)
+    for shapes in ([p.shapes() for p in shape_profiles] if shape_profiles else [profile.shapes(height, width)]):
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(INPUT_NAME, *shapes)
+        config.add_optimization_profile(opt_profile)
     timing = None
     if timing_cache_path is not None:
         data = Path(timing_cache_path).read_bytes() if Path(timing_cache_path).is_file() else b""
@@ -237,8 +319,10 @@ def build_engine(onnx_path, *, precision: str = "fp32", profile: Profile = Profi
         monitor = _progress_monitor(trt)
         if monitor is not None:
             config.progress_monitor = monitor
+        ranges = "; ".join(p.describe() for p in shape_profiles) if shape_profiles else \
+            f"batch {profile.min_batch}..{profile.max_batch}"
         print(f"dinofeat: building a TensorRT {plan['version']} engine ({precision}, {plan['typing']} typing, "
-              f"batch {profile.min_batch}..{profile.max_batch}) from {onnx_path}; this takes minutes",
+              f"{ranges}) from {onnx_path}; this takes minutes",
               file=sys.stderr, flush=True)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -288,8 +372,12 @@ def deserialize(engine_bytes: bytes, trt=None, logger=None):
 
 def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, width: int, device=None,
                strongly_typed: bool | None = None, cache_dir=None, progress: bool = True,
-               opt_level: int | None = None, workspace_bytes: int | None = None, trt=None, logger=None):
+               opt_level: int | None = None, workspace_bytes: int | None = None, trt=None, logger=None,
+               shape_profiles=None):
     """Load the cached engine for this ONNX file and system, building (and caching) it when needed.
+
+    `shape_profiles`: `ShapeProfile`s for a dynamic-size graph (one engine, one profile each; the cache keys on
+    the profile set), else the batch `profile` at the graph's fixed (height, width).
 
     `logger`: the runtime's logger (e.g. `recording_logger`); execution errors of the engine's contexts go there.
     Returns ``(engine, runtime, manifest)``; the runtime must outlive the engine.
@@ -297,8 +385,9 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
     trt = trt or import_tensorrt()
     plan = build_plan(trt, precision, strongly_typed)
     gpu = gpu_identity(device)
+    shape_profiles = tuple(shape_profiles) if shape_profiles else None
     fields = engine_fields(cache.sha256_file(onnx_path), plan["version"], gpu, precision, plan["typing"], profile,
-                           height, width, opt_level)
+                           height, width, opt_level, shape_profiles)
     directory = cache.cache_subdir("trt", cache_dir)
     key = cache.make_key(fields)
     name = f"{Path(onnx_path).stem}_{key}.engine"
@@ -306,11 +395,12 @@ def get_engine(onnx_path, *, precision: str, profile: Profile, height: int, widt
         return _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, precision=precision,
                                     profile=profile, height=height, width=width, strongly_typed=strongly_typed,
                                     progress=progress, opt_level=opt_level, workspace_bytes=workspace_bytes,
-                                    logger=logger)
+                                    logger=logger, shape_profiles=shape_profiles)
 
 
 def _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path, *, precision, profile, height,
-                         width, strongly_typed, progress, opt_level, workspace_bytes, logger=None):
+                         width, strongly_typed, progress, opt_level, workspace_bytes, logger=None,
+                         shape_profiles=None):
     found = cache.lookup(directory, key)
     if found is not None:
         problems = check_engine_meta(found["meta"], fields)
@@ -325,7 +415,8 @@ def _engine_get_or_build(trt, plan, gpu, fields, directory, key, name, onnx_path
     timing = directory / f"timing_{plan['version']}_{gpu['name'].replace(' ', '_')}_sm{gpu['compute_capability']}.cache"
     data = build_engine(onnx_path, precision=precision, profile=profile, height=height, width=width,
                         strongly_typed=strongly_typed, timing_cache_path=timing, progress=progress,
-                        opt_level=opt_level, workspace_bytes=workspace_bytes, trt=trt)
+                        opt_level=opt_level, workspace_bytes=workspace_bytes, trt=trt,
+                        shape_profiles=shape_profiles)
     manifest = cache.store(directory, key, {name: data}, {"engine": name, "onnx": str(onnx_path), **fields})
     engine, runtime = deserialize(data, trt, logger)
     if engine is None:
@@ -354,7 +445,8 @@ def load_engine_file(path, *, expected: dict | None = None, trt=None):
 
 
 __all__ = [
-    "INSTALL_HINT", "PINNED_FP32_LAYER_TYPES", "Profile", "build_engine", "build_plan", "check_engine_meta",
+    "INSTALL_HINT", "PINNED_FP32_LAYER_TYPES", "Profile", "ShapeProfile", "bucket_profiles", "build_engine",
+    "build_plan", "check_engine_meta", "parse_shape", "select_profile",
     "deserialize", "engine_fields", "get_engine", "gpu_identity", "has_weak_typing", "import_tensorrt",
     "last_messages", "load_engine_file", "recording_logger", "trt_version",
 ]

@@ -25,7 +25,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                        "dinofeat_pair)")
     r.add_argument("--out", required=True, metavar="MODEL_REPO", help="directory to write (new or empty)")
     r.add_argument("--backend", default=d.backend, choices=BACKENDS,
-                   help=f"dinofeat_vit's Triton backend (default {d.backend})")
+                   help=f"dinofeat_vit's Triton backend (default {d.backend}); onnxruntime-python: the same "
+                   "ONNX graph run by ONNX Runtime in the Python backend (Triton builds without onnxruntime)")
     r.add_argument("--max-batch", type=int, default=d.max_batch, help=f"dinofeat_vit max batch (default {d.max_batch})")
     r.add_argument("--size", default=f"{d.height}x{d.width}", help="input H x W; clients resize to it (default "
                    f"{d.height}x{d.width})")
@@ -71,7 +72,7 @@ def _triton_repo(args) -> int:
     out = write_repository(args.out, o, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote Triton model repository {out}: dinofeat_vit ({o.backend}, max batch {o.max_batch}, "
           f"{height}x{width}), dinofeat_match (python), dinofeat_pair (ensemble)")
-    print(f"serve it: dinofeat serve run {out}" + ("" if o.backend == "python" else
+    print(f"serve it: dinofeat serve run {out}" + ("" if o.backend in ("python", "onnxruntime-python") else
                                                    f"   (GPU: {container_command(out)})"))
     return 0
 

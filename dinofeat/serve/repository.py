@@ -1,12 +1,17 @@
 """`write_repository`: a Triton model repository for one (model, stride, input size, outputs).
 
     MODEL_REPO/
-      dinofeat_vit/    config.pbtxt + 1/model.onnx (onnxruntime) | 1/model.plan (tensorrt) | 1/model.py (python)
+      dinofeat_vit/    config.pbtxt + 1/model.onnx (onnxruntime; onnxruntime-python: + 1/model.py) |
+                       1/model.plan (tensorrt) | 1/model.py (python)
       dinofeat_match/  config.pbtxt + 1/model.py   log-bin + Best Buddies + foreground filter + selection
       dinofeat_pair/   config.pbtxt + 1/           ensemble: (image1, image2) -> every `Correspondences` field
 
 Every `config.pbtxt` is rendered from `RepositoryOptions` (`pbtxt.render`) and parsed back with Triton's own
-`ModelConfig` message before it is written. The Python models are two-line `model.py` files importing
+`ModelConfig` message before it is written. dinofeat_vit takes any input size (dims ``[3, -1, -1]``, outputs
+``[-1, C]``): one dynamic-size ONNX graph (or one TensorRT engine with a wide H, W profile) serves every size;
+the pair ensemble and the client keep the repository's (height, width). ``onnxruntime-python`` runs that same
+graph with ONNX Runtime inside the Python backend, for Triton builds without the onnxruntime backend (the
+`nvidia-pytriton` wheel's bundled server has only the Python backend). The Python models are two-line `model.py` files importing
 `dinofeat.serve.triton_models`, so the server's Python needs dinofeat installed (NVIDIA's container: pip install).
 """
 
@@ -24,7 +29,7 @@ from . import wire
 from .pbtxt import Enum, check_config, render
 
 VIT, MATCH, PAIR = "dinofeat_vit", "dinofeat_match", "dinofeat_pair"
-BACKENDS = ("onnxruntime", "tensorrt", "python")
+BACKENDS = ("onnxruntime", "tensorrt", "python", "onnxruntime-python")
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PARAMETER = "dinofeat"  # config.pbtxt parameter holding the options as JSON (models and client read it)
 
@@ -40,7 +45,8 @@ class RepositoryOptions:
     facet: str = "key"               # key | query | value | token
     height: int = 224                # input size of the repository: the client resizes every image to it
     width: int = 224
-    backend: str = "onnxruntime"     # dinofeat_vit's Triton backend: onnxruntime | tensorrt | python
+    backend: str = "onnxruntime"     # dinofeat_vit's Triton backend: onnxruntime | tensorrt | python |
+    #                                  onnxruntime-python (the ONNX graph run by ONNX Runtime in the Python backend)
     precision: str = "fp32"          # exported graph precision (fp16: TensorRT 11 / ORT CUDA)
     max_batch: int = 8               # dinofeat_vit max_batch_size; the dynamic batcher fills batches up to it
     queue_delay_us: int = 2000       # dynamic batching: longest wait for a fuller batch, microseconds
@@ -100,10 +106,9 @@ def _parameters(o: RepositoryOptions, extra: dict | None = None) -> list[dict]:
 
 
 def _vit_io(o: RepositoryOptions, embed_dim: int) -> tuple[list[dict], list[dict]]:
-    hp, wp = num_patches(o)
-    t = hp * wp
-    inputs = [{"name": "images", "data_type": Enum("TYPE_FP32"), "dims": [3, o.height, o.width]}]
-    outputs = [{"name": name, "data_type": Enum("TYPE_FP32"), "dims": [t, embed_dim] if name != "saliency" else [t]}
+    """Any input size: images (3, -1, -1), facets (-1, C), saliency (-1,) (tokens follow the size)."""
+    inputs = [{"name": "images", "data_type": Enum("TYPE_FP32"), "dims": [3, -1, -1]}]
+    outputs = [{"name": name, "data_type": Enum("TYPE_FP32"), "dims": [-1, embed_dim] if name != "saliency" else [-1]}
                for name in o.outputs()]
     return inputs, outputs
 
@@ -112,7 +117,8 @@ def vit_config(o: RepositoryOptions, embed_dim: int, extra: dict | None = None) 
     inputs, outputs = _vit_io(o, embed_dim)
     preferred = sorted({b for b in (o.max_batch // 2, o.max_batch) if b >= 1})
     return {
-        "name": VIT, "backend": o.backend, "max_batch_size": o.max_batch, "input": inputs, "output": outputs,
+        "name": VIT, "backend": "python" if o.backend == "onnxruntime-python" else o.backend,
+        "max_batch_size": o.max_batch, "input": inputs, "output": outputs,
         "dynamic_batching": {"preferred_batch_size": preferred, "max_queue_delay_microseconds": o.queue_delay_us},
         "instance_group": _instance_group(o), "parameters": _parameters(o, extra),
     }
@@ -210,18 +216,23 @@ def _fill(root: Path, o: RepositoryOptions, progress: bool) -> None:
 def _write_graph(vit_dir: Path, vit, request, o: RepositoryOptions, weights_id: str, progress: bool) -> None:
     from ..export.onnx import copy_onnx, get_onnx
 
-    if o.backend == "onnxruntime":
+    if o.backend in ("onnxruntime", "onnxruntime-python"):
         path = get_onnx(vit, request, o.height, o.width, precision=o.precision, weights_id=weights_id,
-                        progress=progress)
+                        progress=progress, dynamic=True)
         copy_onnx(path, vit_dir / "model.onnx")
+        if o.backend == "onnxruntime-python":
+            (vit_dir / "model.py").write_text(PYTHON_MODEL.format(cls="OrtVitModel"))
         return
     import argparse
 
     from ..export.cli import _export_engine
+    from ..export.tensorrt import ShapeProfile
 
+    p = vit.spec.patch_size  # one wide profile: every size up to max(repository size, 1024) per side
+    profile = ShapeProfile((1, p, p), (1, o.height, o.width), (o.max_batch, max(o.height, 1024), max(o.width, 1024)))
     args = argparse.Namespace(precision=o.precision, strongly_typed=None, opt_batch=1, max_batch=o.max_batch,
                               cache_dir=None, tensorrt_engine=str(vit_dir / "model.plan"))
-    _export_engine(args, vit, request, o.height, o.width, weights_id, not progress)
+    _export_engine(args, vit, request, o.height, o.width, weights_id, not progress, (profile,))
 
 
 def read_options(parameters: dict) -> dict:

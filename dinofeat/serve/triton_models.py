@@ -74,21 +74,66 @@ class VitModel:
         import torch
 
         pb = _pb()
-        try:
-            parts = [_input(pb, r, "images") for r in requests]
-            batch = torch.cat(parts, dim=0).float()
+
+        def run(batch):
             with torch.no_grad():
-                out = self.extractor.backend.run(batch, self.request)
-            out = {name: out[name].float().cpu() for name in self.names}
-        except Exception as e:  # noqa: BLE001 - the whole batch failed: each request gets the error
-            return _error_responses(pb, requests, e)
-        responses, start = [], 0
-        for part in parts:
-            n = part.shape[0]
-            tensors = [_output(pb, name, out[name][start:start + n]) for name in self.names]
-            responses.append(pb.InferenceResponse(output_tensors=tensors))
+                out = self.extractor.backend.run(batch.float(), self.request)
+            return {name: out[name].float().cpu() for name in self.names}
+
+        return _run_by_size(pb, requests, self.names, run)
+
+
+def _run_by_size(pb, requests, names, run) -> list:
+    """One `run` per input size (dinofeat_vit takes any H, W; requests of one size form one batch), each
+    request answered with its rows; a failed batch is each of its requests' error."""
+    import torch
+
+    parts = [_input(pb, r, "images") for r in requests]
+    groups: dict[tuple, list[int]] = {}
+    for i, part in enumerate(parts):
+        groups.setdefault(tuple(part.shape[1:]), []).append(i)
+    responses: list = [None] * len(requests)
+    for idx in groups.values():
+        try:
+            out = run(torch.cat([parts[i] for i in idx], dim=0))
+        except Exception as e:  # noqa: BLE001 - the whole batch failed: each of its requests gets the error
+            for i, r in zip(idx, _error_responses(pb, [requests[i] for i in idx], e), strict=True):
+                responses[i] = r
+            continue
+        start = 0
+        for i in idx:
+            n = parts[i].shape[0]
+            tensors = [_output(pb, name, out[name][start:start + n]) for name in names]
+            responses[i] = pb.InferenceResponse(output_tensors=tensors)
             start += n
-        return responses
+    return responses
+
+
+class OrtVitModel:
+    """dinofeat_vit with backend onnxruntime-python: the repository's dynamic-size ONNX graph (1/model.onnx) run
+    by ONNX Runtime inside the Python backend (CPU EP; CUDA EP on a GPU instance when onnxruntime-gpu is there)."""
+
+    def initialize(self, args) -> None:
+        import onnxruntime as ort
+
+        options, device = _setup(args)
+        path = Path(args["model_repository"]) / str(args["model_version"]) / "model.onnx"
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests) -> list:
+        import torch
+
+        def run(batch):
+            outs = self.session.run(self.names, {"images": batch.float().cpu().numpy()})
+            return {name: torch.from_numpy(a) for name, a in zip(self.names, outs, strict=True)}
+
+        return _run_by_size(_pb(), requests, self.names, run)
 
 
 class MatchModel:
@@ -132,4 +177,4 @@ class MatchModel:
         return responses
 
 
-__all__ = ["MatchModel", "VitModel"]
+__all__ = ["MatchModel", "OrtVitModel", "VitModel"]

@@ -57,8 +57,9 @@ def test_onnxruntime_configs_parse_with_tritons_message_and_match_the_export():
     with torch.device("meta"):
         model = StridedViT(spec, 4)
     shapes = output_shapes(model, Request(facets=((9, "key"), (11, "key")), saliency=True), 64, 96)
-    assert [i.name for i in parsed.input] == [INPUT_NAME] and list(parsed.input[0].dims) == [3, 64, 96]
-    assert {t.name: tuple(t.dims) for t in parsed.output} == shapes
+    # one model serves every size: H, W and the token axis are variable, the channels are the export's
+    assert [i.name for i in parsed.input] == [INPUT_NAME] and list(parsed.input[0].dims) == [3, -1, -1]
+    assert {t.name: tuple(t.dims) for t in parsed.output} == {k: (-1, *v[1:]) for k, v in shapes.items()}
     pair = pbtxt.check_config(pbtxt.render(repository.pair_config(o, 384)))
     assert pair.platform == "ensemble" and len(pair.ensemble_scheduling.step) == 3
     match = pbtxt.check_config(pbtxt.render(repository.match_config(o, 384)))
@@ -111,3 +112,42 @@ def test_served_pair_equals_find_correspondences(tmp_path, vits8_weights_file, s
             bad = np.zeros((1, 3, SIZE, SIZE + 8), np.float32)
             client.infer(bad, bad)
         assert server.process.poll() is None
+
+
+@pytest.mark.integration
+def test_onnxruntime_repository_serves_every_size(tmp_path, vits8_weights_file, server_binary):
+    """The repository's ONNX Runtime model (the dynamic-size graph, dims [3, -1, -1]) loaded by the real Triton
+    server. Its bundled build has no onnxruntime backend, so backend onnxruntime-python runs the same model.onnx
+    with ONNX Runtime inside the Python backend: two sizes through dinofeat_vit equal the torch path, and the
+    pair ensemble (fixed size) loads and answers."""
+    import torch
+    import tritonclient.http as tc
+    from testutil import rel_err
+
+    from dinofeat.export.model import Request, build_vit
+    from dinofeat.serve import Client, TritonServer
+    from dinofeat.weights import load_weights
+    from dinofeat.zoo import get_model_spec
+
+    repo = repository.write_repository(tmp_path / "repo", RepositoryOptions(
+        weights=str(vits8_weights_file), backend="onnxruntime-python", height=SIZE, width=SIZE, max_batch=4))
+    config = (repo / repository.VIT / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and (repo / repository.VIT / "1" / "model.onnx").is_file()
+    spec = get_model_spec("dino_vits8")
+    vit = build_vit(spec, 4, load_weights(spec, str(vits8_weights_file), progress=False))
+    req = Request(facets=((9, "key"),), saliency=True)
+    with TritonServer(repo) as server:
+        server.wait_ready(timeout=300)
+        client = tc.InferenceServerClient(server.http_url)
+        for h, w in [(SIZE, SIZE), (48, 80)]:
+            x = np.random.default_rng(h).standard_normal((1, 3, h, w)).astype(np.float32)
+            inp = tc.InferInput("images", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            res = client.infer(repository.VIT, [inp])
+            with torch.no_grad():
+                rk, rs = vit.forward_features(torch.from_numpy(x), req)
+            assert rel_err(res.as_numpy("key9"), rk.numpy()) < 1e-4, (h, w)
+            assert rel_err(res.as_numpy("saliency"), rs.numpy()) < 1e-4, (h, w)
+        client.close()
+        with Client(server.http_url) as pair:
+            assert len(pair.match(GOLDEN / "img_a.png", GOLDEN / "img_b.png")) > 0

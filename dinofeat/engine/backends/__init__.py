@@ -20,11 +20,16 @@ def resolve_backend_name(backend: str, device: torch.device) -> str:
     return backend
 
 
-def create_backend(name: str, model: StridedViT, device: torch.device, precision: str, weights_id: str) -> Backend:
+def create_backend(name: str, model: StridedViT, device: torch.device, precision: str, weights_id: str,
+                   options: dict | None = None) -> Backend:
     """Build backend `name` around `model` (weights loaded, fp32, CPU).
 
     `weights_id` identifies the weights (SHA-256 of the file or of the tensors) for export/engine cache keys.
+    `options`: keyword arguments of the backend's constructor (e.g. ``{"shape_profiles": ...}`` for tensorrt).
     """
+    options = dict(options or {})
+    if options and name != "tensorrt":
+        raise InputError(f"backend_options {sorted(options)} apply to backend='tensorrt' only (got {name!r})")
     if name == "torch":
         from .torch import TorchBackend
 
@@ -36,7 +41,7 @@ def create_backend(name: str, model: StridedViT, device: torch.device, precision
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(model, device, precision, weights_id)
+        return TensorRTBackend(model, device, precision, weights_id, **options)
     raise InputError(f"backend={name!r} is unknown; choose one of: auto, {', '.join(BACKENDS)}")
 
 

@@ -105,7 +105,8 @@ class _Engine:
     output_names: list
     output_dtypes: dict
     manifest: dict
-    contexts: dict = field(default_factory=dict)  # stream handle -> _Context
+    profiles: tuple | None = None  # ShapeProfiles of a dynamic-size engine, None for a fixed-size one
+    contexts: dict = field(default_factory=dict)  # (stream handle, profile index) -> _Context
     graphs: dict = field(default_factory=dict)  # (batch shape, stream handle) -> _Graph
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,6 +123,10 @@ class TensorRTBackend:
         cuda_graphs: capture and replay CUDA graphs for fixed shapes.
         strongly_typed: force strong (True) or weak (False) typing; default: weak on 10.0-10.11, strong from
             10.12 (weak typing deprecated) and on 11.x (removed).
+        shape_profiles: `dinofeat.export.tensorrt.ShapeProfile`s (e.g. `bucket_profiles`): one engine per request
+            from the dynamic-size graph, one optimisation profile each, selected per call; an input outside
+            every profile raises `InputError` naming the built ranges. None: one engine per (H, W) (batch
+            profile 1..max_batch).
     """
 
     name = "tensorrt"
@@ -129,7 +134,8 @@ class TensorRTBackend:
     def __init__(self, model: StridedViT, device, precision: str = "fp32", weights_id: str = "", *,
                  max_batch: int = 8, opt_batch: int = 1, cuda_graphs: bool = False,
                  strongly_typed: bool | None = None, cache_dir=None, progress: bool = True,
-                 opt_level: int | None = None, workspace_bytes: int | None = None, cuda_ops: CudaOps | None = None):
+                 opt_level: int | None = None, workspace_bytes: int | None = None, cuda_ops: CudaOps | None = None,
+                 shape_profiles=None):
         from ...export import tensorrt as trt_export
 
         self.trt = trt_export.import_tensorrt()
@@ -145,6 +151,11 @@ class TensorRTBackend:
         self.model = model.float().cpu().eval()
         self.weights_id = weights_id
         self.profile = trt_export.Profile(1, int(opt_batch), int(max_batch))
+        self.shape_profiles = tuple(shape_profiles) if shape_profiles else None
+        for p in self.shape_profiles or ():
+            if not isinstance(p, trt_export.ShapeProfile):
+                raise InputError(f"shape_profiles holds {type(p).__name__}; pass dinofeat.export.tensorrt."
+                                 "ShapeProfile values (e.g. from bucket_profiles)")
         self.cuda_graphs = bool(cuda_graphs)
         self.cache_dir = cache_dir
         self.progress = progress
@@ -160,26 +171,29 @@ class TensorRTBackend:
 
     # ------------------------------------------------------------------------------------------------------
     def engine_for(self, height: int, width: int, request: Request) -> _Engine:
-        key = (int(height), int(width), request)
+        key = (None, None, request) if self.shape_profiles else (int(height), int(width), request)
         with self._lock:
             if key not in self._engines:
                 self._engines[key] = self._load(*key)
             return self._engines[key]
 
-    def _load(self, height: int, width: int, request: Request) -> _Engine:
+    def _load(self, height: int | None, width: int | None, request: Request) -> _Engine:
         from ...export import tensorrt as trt_export
         from ...export.onnx import get_onnx
 
+        dynamic = height is None
+        if dynamic:  # the dynamic graph, traced at the first profile's opt size
+            height, width = self.shape_profiles[0].opt[1:]
         onnx_path = get_onnx(self.model, request, height, width, precision=self.plan["onnx_precision"],
                              weights_id=self.weights_id, variant="plain", cache_dir=self.cache_dir,
-                             progress=self.progress)
+                             progress=self.progress, dynamic=dynamic)
         logger = trt_export.recording_logger(self.trt)
         with self.cuda.device_guard(self.device):
             engine, runtime, manifest = trt_export.get_engine(
                 onnx_path, precision=self.precision, profile=self.profile, height=height, width=width,
                 device=self.device, strongly_typed=self.strongly_typed, cache_dir=self.cache_dir,
                 progress=self.progress, opt_level=self.opt_level, workspace_bytes=self.workspace_bytes,
-                trt=self.trt, logger=logger)
+                trt=self.trt, logger=logger, shape_profiles=self.shape_profiles)
         trt = self.trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -187,20 +201,28 @@ class TensorRTBackend:
         if sorted(outputs) != sorted(order):
             raise BackendError(f"engine outputs {outputs} do not match the request {order}")
         dtypes = {n: _TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in order}
-        return _Engine(engine, runtime, logger, order, dtypes, manifest)
+        return _Engine(engine, runtime, logger, order, dtypes, manifest, self.shape_profiles)
 
-    def _new_context(self, eng: _Engine) -> _Context:
+    def _new_context(self, eng: _Engine, profile: int = 0, handle: int = 0) -> _Context:
         context = eng.engine.create_execution_context()
         if context is None:
             raise BackendError(self._failed(eng, "create_execution_context (out of GPU memory?)"))
+        if profile:  # a new context starts on profile 0
+            self._check(context.set_optimization_profile_async(profile, handle), eng,
+                        f"set_optimization_profile_async({profile})")
         return _Context(context)
 
-    def _context(self, eng: _Engine, handle: int) -> _Context:
-        """The execution context of stream `handle` (created on first use)."""
+    def _context(self, eng: _Engine, handle: int, profile: int = 0) -> _Context:
+        """The execution context of stream `handle` on optimisation profile `profile` (created on first use)."""
         with eng.lock:
-            if handle not in eng.contexts:
-                eng.contexts[handle] = self._new_context(eng)
-            return eng.contexts[handle]
+            if (handle, profile) not in eng.contexts:
+                eng.contexts[(handle, profile)] = self._new_context(eng, profile, handle)
+            return eng.contexts[(handle, profile)]
+
+    def _profile_index(self, eng: _Engine, batch: int, height: int, width: int) -> int:
+        from ...export.tensorrt import select_profile
+
+        return select_profile(eng.profiles, batch, height, width) if eng.profiles else 0
 
     @staticmethod
     def _failed(eng: _Engine, what: str) -> str:
@@ -216,7 +238,11 @@ class TensorRTBackend:
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
         height, width = int(batch.shape[-2]), int(batch.shape[-1])
         b = int(batch.shape[0])
-        if not 1 <= b <= self.profile.max_batch:
+        if self.shape_profiles:
+            from ...export.tensorrt import select_profile
+
+            select_profile(self.shape_profiles, b, height, width)  # InputError naming the built ranges
+        elif not 1 <= b <= self.profile.max_batch:
             raise InputError(f"batch of {b} images is outside the TensorRT profile 1..{self.profile.max_batch}; "
                              f"create the backend with max_batch >= {b}")
         eng = self.engine_for(height, width, request)
@@ -225,7 +251,7 @@ class TensorRTBackend:
             stream = self.cuda.current_stream(self.device)
             if self.cuda_graphs:
                 return self._run_graph(eng, x, stream)
-            ctx = self._context(eng, int(stream.cuda_stream))
+            ctx = self._context(eng, int(stream.cuda_stream), self._profile_index(eng, b, height, width))
             with ctx.lock:
                 outs = self._bind(eng, ctx.context, x)
                 self._check(ctx.context.execute_async_v3(stream.cuda_stream), eng, "execute_async_v3")
@@ -260,7 +286,8 @@ class TensorRTBackend:
 
     def _capture(self, eng: _Engine, x: torch.Tensor, stream) -> _Graph:
         """A graph for x's shape on `stream`, with its own context and static buffers."""
-        ctx = self._new_context(eng)
+        ctx = self._new_context(eng, self._profile_index(eng, *(int(d) for d in x.shape[:1] + x.shape[2:])),
+                                int(stream.cuda_stream))
         static_in = self.cuda.empty(tuple(x.shape), torch.float32, self.device)
         static_in.copy_(x)
         outs = self._bind(eng, ctx.context, static_in)
@@ -288,7 +315,7 @@ class TensorRTBackend:
             raise InputError(f"outputs is missing buffers for {sorted(missing)}")
         with self.cuda.device_guard(self.device):
             handle = int(stream if stream is not None else self.cuda.current_stream(self.device).cuda_stream)
-            ctx = self._context(eng, handle)
+            ctx = self._context(eng, handle, self._profile_index(eng, int(batch), int(height), int(width)))
             with ctx.lock:
                 c = ctx.context
                 shape = (int(batch), 3, int(height), int(width))
