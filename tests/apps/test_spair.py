@@ -60,14 +60,13 @@ def test_pck_counts_and_errors(spair_root, extractor):
         evaluate_spair(spair_root, categories=["dog"], extractor=extractor)
 
 
-def test_sampling_is_seeded(spair_root, extractor):
-    from dinofeat.apps.spair import load_pairs, sample_pairs
+def test_sampling_is_seeded(spair_root):
+    from dinofeat.apps.spair import spair_pairs
 
-    pairs = load_pairs(spair_root)
-    a = sample_pairs(pairs, 1, seed=5)
-    b = sample_pairs(pairs, 1, seed=5)
-    assert [p.name for p, _ in a["bird"]] == [p.name for p, _ in b["bird"]]
-    assert {len(v) for v in sample_pairs(pairs, 20, seed=0).values()} == {2}
+    a = spair_pairs(spair_root, pairs_per_category=1, seed=5)
+    b = spair_pairs(spair_root, pairs_per_category=1, seed=5)
+    assert [p.name for p in a["bird"]] == [p.name for p in b["bird"]]
+    assert {len(v) for v in spair_pairs(spair_root, pairs_per_category=20, seed=0).values()} == {2}
 
 
 def test_eval_cli(spair_root, tmp_path, capsys, vits8_weights_file):
