@@ -129,17 +129,17 @@ def pck_table(per_class: dict, pairs: dict, kps: dict, mean: float, alpha: float
 
 def _keypoints(args) -> int:
     from ..viz_eval import draw_keypoint_samples
-    from .keypoints import DEFAULT_PCK_REF, evaluate_keypoints
+    from .keypoints import evaluate_keypoints, resolve_pck_ref
     from .kp_data import load_keypoint_pairs
 
     out = _out_dir(args)
-    load_keypoint_pairs(args.root, args.layout, args.classes, args.pairs_per_class, args.seed, args.split)
+    pairs = load_keypoint_pairs(args.root, args.layout, args.classes, args.pairs_per_class, args.seed, args.split)
+    ref = resolve_pck_ref(args.pck_ref, args.layout, pairs, args.root)  # both before the model loads
     res = evaluate_keypoints(args.root, args.layout, args.classes, pairs_per_class=args.pairs_per_class,
                              seed=args.seed, alpha=args.alpha, pck_ref=args.pck_ref, load_size=args.load_size,
                              layer=args.layer, facet=args.facet, bin=not args.no_bin, extractor=_extractor(args),
                              split=args.split, progress=not args.quiet)
     table = pck_table(res.per_class, res.num_pairs, res.num_keypoints, res.mean, res.alpha)
-    ref = args.pck_ref or DEFAULT_PCK_REF[args.layout]
     print(table)
     print(f"PCK@{res.alpha:g}, threshold alpha * max(h, w) of the target's {ref}; chance (a random target token) "
           f"{100 * res.chance:.2f}%; {res.settings['forwards']} forwards")
@@ -178,7 +178,7 @@ def _homography(args) -> int:
     for name, im1, im2, hpath in pairs:
         results[name] = evaluate_homography(im1, im2, hpath, matcher=m, ransac_thresh=args.ransac_thresh)
         print(f"{name}: {homography_line(results[name].metrics)}")
-    if len(results) == 1:
+    if len(args.inputs) == 3:
         data = next(iter(results.values())).metrics
     else:
         data = {**pooled_metrics(list(results.values())), "per_pair": {k: r.metrics for k, r in results.items()}}
@@ -187,7 +187,7 @@ def _homography(args) -> int:
         data = {**data, "settings": next(iter(results.values())).settings}
         _write_json(out / "homography.json", data)
         for name, r in results.items():
-            _write_png(out / ("homography.png" if len(results) == 1 else f"homography_{name}.png"),
+            _write_png(out / ("homography.png" if len(args.inputs) == 3 else f"homography_{name}.png"),
                        draw_homography(r))
         print(f"homography.json and PNG(s) written to {out}")
     return 0

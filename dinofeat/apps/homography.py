@@ -159,6 +159,18 @@ def best_buddy_points(corr, size1: tuple[int, int], size2: tuple[int, int], stri
     return out[0], out[1]
 
 
+def foreground_best_buddies(matcher, image1, image2):
+    """`Correspondences` of the pair under the matcher's configuration with every foreground Best Buddy
+    (`bbs_mask`) but without the k-means selection (empty points): features through the matcher's store."""
+    from ..correspondences import match_views, view_of
+
+    c, ex = matcher.config, matcher.extractor
+    f1, f2 = matcher.features(image1), matcher.features(image2)
+    return match_views(view_of(f1, 0, c.layer, f1.image), view_of(f2, 0, c.layer, f2.image), bin=c.bin,
+                       thresh=c.thresh, stride=ex.stride, patch_size=ex.patch_size,
+                       match_precision=c.match_precision, select=False)
+
+
 def evaluate_homography(image1, image2, H, *, matcher=None, ransac_thresh: float = 3.0, **matcher_args):
     """`HomographyResult` of one pair (H: a (3, 3) array or a file `read_homography` reads). `matcher`: a
     `dinofeat.Matcher` to reuse, else one is made from `matcher_args` (the `Matcher` arguments)."""
@@ -174,7 +186,7 @@ def evaluate_homography(image1, image2, H, *, matcher=None, ransac_thresh: float
     m = matcher or Matcher(**matcher_args)
     sizes = [load_image(im, name=name).size[::-1] for im, name in ((image1, "IMG1"), (image2, "IMG2"))]
     size1, size2 = sizes
-    corr = m.match(image1, image2)
+    corr = foreground_best_buddies(m, image1, image2)
     p1, p2 = best_buddy_points(corr, size1, size2, m.extractor.stride, m.extractor.patch_size)
     metrics, err, H_est = homography_metrics(p1, p2, H, size1, size2, ransac_thresh)
     c = m.config

@@ -234,6 +234,17 @@ def evaluate_pairs(pairs: dict[str, list[KeypointPair]], features: Callable[[Pat
                           errors=errors, samples=kept)
 
 
+def resolve_pck_ref(pck_ref: str | None, layout: str, pairs: dict, root) -> str:
+    """The threshold reference: `pck_ref`, or the layout's default; bbox needs every target's object box."""
+    pck_ref = pck_ref or DEFAULT_PCK_REF.get(layout, "kpbox")
+    if pck_ref not in PCK_REFS:
+        raise InputError(f"--pck-ref {pck_ref!r}: expected one of {', '.join(PCK_REFS)}")
+    if pck_ref == "bbox" and any(p.trg_bbox is None for items in pairs.values() for p in items):
+        raise InputError(f"--pck-ref bbox: the {layout} annotations under {str(root)!r} have no object boxes; use "
+                         "--pck-ref kpbox or image")
+    return pck_ref
+
+
 def evaluate_keypoints(root, layout: str = "willow", classes=None, *, pairs_per_class: int | None = None,
                        seed: int = 0, alpha: float = 0.1, pck_ref: str | None = None, load_size=224,
                        layer: int = 9, facet: str = "key", bin: bool = True, model: str = "dino_vits8",
@@ -244,13 +255,8 @@ def evaluate_keypoints(root, layout: str = "willow", classes=None, *, pairs_per_
     `dinofeat.apps.kp_data`); `pck_ref` defaults to kpbox (willow, json) or bbox (spair)."""
     from .common import make_extractor
 
-    pck_ref = pck_ref or DEFAULT_PCK_REF.get(layout, "kpbox")
-    if pck_ref not in PCK_REFS:
-        raise InputError(f"--pck-ref {pck_ref!r}: expected one of {', '.join(PCK_REFS)}")
     pairs = load_keypoint_pairs(root, layout, classes, pairs_per_class, seed, split)
-    if pck_ref == "bbox" and any(p.trg_bbox is None for items in pairs.values() for p in items):
-        raise InputError(f"--pck-ref bbox: the {layout} annotations under {str(root)!r} have no object boxes; use "
-                         "--pck-ref kpbox or image")
+    pck_ref = resolve_pck_ref(pck_ref, layout, pairs, root)
     ex = make_extractor(extractor, model, stride, weights, backend, device, precision, progress)
     feats = StoreFeatures(ex, load_size, layer, facet)
     res = evaluate_pairs(pairs, feats, stride=ex.stride, patch=ex.patch_size, alpha=alpha, pck_ref=pck_ref,
