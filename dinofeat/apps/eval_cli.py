@@ -43,24 +43,25 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    "its object box (spair default) or the image")
     k.add_argument("--split", default=SPAIR.split, help="SPair-71k split (--layout spair)")
     k.add_argument("--out", default=None, metavar="DIR", help="write DIR/pck.json, pck.md and pck_samples.png")
-    _match(k)
+    _match(k, thresh=False)
 
     h = sub.add_parser("homography", help="Best-Buddies accuracy under a ground-truth homography (HPatches, Oxford)")
     h.add_argument("inputs", nargs="+", metavar="IMG1 IMG2 H | FOLDER",
                    help="two images and the homography file (FileStorage XML or 3x3 text), or an HPatches folder")
     h.add_argument("--ransac-thresh", type=float, default=3.0, help="RANSAC reprojection threshold, px (3)")
     h.add_argument("--out", default=None, metavar="DIR", help="write DIR/homography.json and homography*.png")
-    _match(h)
+    _match(h, thresh=True)
 
 
-def _match(p: argparse.ArgumentParser) -> None:
-    """`dinofeat match`'s descriptor and matching flags."""
+def _match(p: argparse.ArgumentParser, thresh: bool) -> None:
+    """`dinofeat match`'s descriptor flags (and its foreground threshold where Best Buddies are filtered)."""
     from ..cli import _add_model_args
 
     p.add_argument("--layer", type=int, default=9)
     p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
     p.add_argument("--no-bin", action="store_true", help="unbinned descriptors")
-    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    if thresh:
+        p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
 
@@ -129,10 +130,11 @@ def pck_table(per_class: dict, pairs: dict, kps: dict, mean: float, alpha: float
 
 def _keypoints(args) -> int:
     from ..viz_eval import draw_keypoint_samples
-    from .keypoints import evaluate_keypoints, resolve_pck_ref
+    from .keypoints import check_alpha, evaluate_keypoints, resolve_pck_ref
     from .kp_data import load_keypoint_pairs
 
     out = _out_dir(args)
+    check_alpha(args.alpha)
     pairs = load_keypoint_pairs(args.root, args.layout, args.classes, args.pairs_per_class, args.seed, args.split)
     ref = resolve_pck_ref(args.pck_ref, args.layout, pairs, args.root)  # both before the model loads
     res = evaluate_keypoints(args.root, args.layout, args.classes, pairs_per_class=args.pairs_per_class,

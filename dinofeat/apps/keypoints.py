@@ -176,8 +176,7 @@ def evaluate_pairs(pairs: dict[str, list[KeypointPair]], features: Callable[[Pat
 
     if pck_ref not in PCK_REFS:
         raise InputError(f"--pck-ref {pck_ref!r}: expected one of {', '.join(PCK_REFS)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise InputError(f"--alpha {alpha!r}: expected a number > 0 (share of max(h, w))")
+    check_alpha(alpha)
     by_target: dict[Path, list[KeypointPair]] = {}
     for items in pairs.values():
         for p in items:
@@ -232,6 +231,11 @@ def evaluate_pairs(pairs: dict[str, list[KeypointPair]], features: Callable[[Pat
                           num_pairs={c: n for c, n in npairs.items() if n}, num_keypoints={c: n for c, n in
                                                                                       total.items() if n},
                           errors=errors, samples=kept)
+
+
+def check_alpha(alpha) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise InputError(f"--alpha {alpha!r}: expected a number > 0 (share of max(h, w))")
 
 
 def resolve_pck_ref(pck_ref: str | None, layout: str, pairs: dict, root) -> str:

@@ -126,3 +126,20 @@ def test_eval_homography_cli(photo, tmp_path, capsys, vits8_weights_file):
         code = main(["eval", "homography", *argv, "-q"])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_match_views_without_selection_keeps_every_best_buddy():
+    import torch
+
+    from dinofeat.correspondences import ImageView, match_views
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(20, 8, generator=g)
+    sal = torch.rand(20, generator=g)
+    v1 = ImageView(keys=keys, saliency=sal, num_patches=(4, 5), image=Image.new("RGB", (28, 24)))
+    v2 = ImageView(keys=keys + 0.01 * torch.randn(20, 8, generator=g), saliency=sal, num_patches=(4, 5),
+                   image=Image.new("RGB", (28, 24)))
+    full = match_views(v1, v2, num_pairs=3, bin=False, thresh=0.2)
+    bare = match_views(v1, v2, num_pairs=3, bin=False, thresh=0.2, select=False)
+    assert torch.equal(full.bbs_mask, bare.bbs_mask) and torch.equal(full.nn_1, bare.nn_1)
+    assert len(full) == 3 and len(bare) == 0 and bare.kmeans_labels.shape == (0,)

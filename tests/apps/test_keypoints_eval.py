@@ -130,8 +130,9 @@ def test_eval_keypoints_cli(json_root, tmp_path, capsys, vits8_weights_file):
     assert "| mean |" in (out / "pck.md").read_text()
     assert Image.open(out / "pck_samples.png").size[1] > 32
     for argv, needle in ((["--layout", "json", "--pck-ref", "bbox"], "no object boxes"),
-                         (["--layout", "willow"], "WILLOW"), (["--layout", "spair"], "JPEGImages")):
-        code = main(["eval", "keypoints", str(json_root if "bbox" in argv else tmp_path), *argv, "-q"])
+                         (["--layout", "willow"], "WILLOW"), (["--layout", "spair"], "JPEGImages"),
+                         (["--layout", "json", "--alpha", "-1"], "--alpha")):
+        code = main(["eval", "keypoints", str(json_root if "json" in argv else tmp_path), *argv, "-q"])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
