@@ -79,3 +79,13 @@ def test_eval_cli(spair_root, tmp_path, capsys, vits8_weights_file):
     code = main(["eval", "spair", "--root", str(tmp_path / "nope"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "JPEGImages" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_keypoints_spair_layout_agrees(spair_root, extractor):
+    """`eval keypoints --layout spair` reads the same pairs and scores them with the same transfer and PCK."""
+    from dinofeat.apps.keypoints import evaluate_keypoints
+
+    res = evaluate_keypoints(spair_root, "spair", extractor=extractor, load_size=32, pck_ref="image")
+    assert res.per_class == {"bird": 6 / 8, "car": 1 / 2} and res.num_pairs == {"bird": 2, "car": 1}
+    assert len(res.errors) == 1 and "gone.jpg" in res.errors[0][1]
+    assert evaluate_keypoints(spair_root, "spair", extractor=extractor, load_size=32).pck_ref == "bbox"
