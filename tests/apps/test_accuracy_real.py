@@ -86,3 +86,18 @@ def test_translated_crops_match_to_the_pixel(data, real_weights, tmp_path):
     m = json.loads((tmp_path / "out" / "homography.json").read_text())
     assert code == 0 and m["num_matches"] > 20 and m["within_px"]["1"] > 0.5, m
     assert m["ransac_corner_error_px"] < 1.0
+
+
+def test_accuracy_benchmark_writes_its_table(data, real_weights, tmp_path):
+    """benchmarks/accuracy.py on the smallest grid: every configuration row, chance below PCK, JSON + MD + PNG."""
+    from benchmarks.accuracy import main as bench
+
+    out = tmp_path / "acc"
+    assert bench(["--data", str(data), "--weights", real_weights, "--images-per-class", "2", "--strides", "14",
+                  "--sizes", "224", "--layers", "9", "--facets", "token", "--out", str(out)]) == 0
+    res = json.loads((out / "accuracy.json").read_text())
+    assert [(c["layer"], c["facet"], c["bin"]) for c in res["cases"]] == [(9, "token", False), (9, "token", True)]
+    assert all(c["willow"]["pairs"] == 6 and c["willow"]["mean"] > c["willow"]["chance"] for c in res["cases"])
+    assert {len(v) for v in res["subset"].values()} == {2} and res["weights_sha256"]
+    assert "| 14 | 224 | 9 | token | yes |" in (out / "accuracy.md").read_text()
+    assert (out / "accuracy.png").stat().st_size > 1000
