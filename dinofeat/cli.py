@@ -266,7 +266,8 @@ OPTIONAL_COMMANDS = (
     ("pca", ".apps.cli", "add_pca_arguments", "pca_main", "principal components of descriptors as images"),
     ("coseg", ".apps.cli", "add_coseg_arguments", "coseg_main", "co-segmentation: the common foreground of images"),
     ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),
-    ("eval", ".apps.cli", "add_eval_arguments", "eval_main", "PCK evaluation (SPair-71k)"),
+    ("eval", ".apps.eval_cli", "add_eval_arguments", "eval_main",
+     "accuracy: PCK on SPair-71k / WILLOW / json keypoints, Best Buddies under a homography"),
     ("serve", ".serve.cli", "add_serve_arguments", "serve_main", "Triton model repository and server"),
 )
 

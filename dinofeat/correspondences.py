@@ -229,7 +229,7 @@ def view_of(features, i: int, layer, image: Image.Image) -> ImageView:
 
 def match_views(view1: ImageView, view2: ImageView, *, num_pairs: int = 10, bin: bool = True,
                 thresh: float = 0.05, stride: int = 4, patch_size: int = 8, match_precision: str = "fp32",
-                kmeans_labels=None, exact_gemm: bool = False) -> Correspondences:
+                kmeans_labels=None, exact_gemm: bool = False, select: bool = True) -> Correspondences:
     """The per-pair step of `find_correspondences` on already extracted data (no model involved).
 
     Best Buddies of the (binned, when `bin`) descriptors without materialising binned rows (unless `exact_gemm`),
@@ -241,6 +241,8 @@ def match_views(view1: ImageView, view2: ImageView, *, num_pairs: int = 10, bin:
         num_pairs: k-means clusters / pairs returned; thresh: saliency threshold of the foreground.
         stride, patch_size: the ViT's, to map tokens to pixels.
         exact_gemm: with bin, Best Buddies on materialised binned rows instead of the shifted-Gram kernel.
+        select: False skips k-means and the ranking (empty points, labels and indices): for callers that use
+            every foreground best buddy (`bbs_mask`, `nn_1`), as the homography evaluation does.
 
     Returns:
         `Correspondences`; with zero surviving best buddies, empty points.
@@ -253,7 +255,7 @@ def match_views(view1: ImageView, view2: ImageView, *, num_pairs: int = 10, bin:
     bb_idx = torch.nonzero(bbs, as_tuple=False).squeeze(1)
     partner = bb.nn_1[bb_idx]
     scores = ((sal1[bb_idx] + sal2[partner]) / 2).cpu().numpy()  # float32, as the original ranks them
-    if bb_idx.numel():
+    if bb_idx.numel() and select:
         r1, r2 = rows(bb_idx, partner)
         chosen, labels = select_pairs(r1.cpu().numpy(), r2.cpu().numpy(), scores, num_pairs, kmeans_labels)
     else:

@@ -1,4 +1,4 @@
-"""`dinofeat pca | coseg | parts | eval spair`: the applications on the command line (rows of OPTIONAL_COMMANDS)."""
+"""`dinofeat pca | coseg | parts`: the applications on the command line (rows of OPTIONAL_COMMANDS)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DinofeatError
-from .defaults import COSEG, PARTS, PCA, SPAIR
+from .defaults import COSEG, PARTS, PCA
 
 
 def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> None:
@@ -64,20 +64,6 @@ def add_parts_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--elbow-second-stage", type=float, default=PARTS.elbow_second_stage)
     p.add_argument("--crf", default="auto", choices=["auto", "pydensecrf", "torch"])
     _model_args(p, COSEG.layer, COSEG.bin)
-
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", choices=["spair"], help="benchmark (SPair-71k)")
-    p.add_argument("--root", required=True, help="the SPair-71k folder (JPEGImages/, PairAnnotation/)")
-    p.add_argument("--categories", nargs="+", default=None, help="default: every category present")
-    p.add_argument("--alpha", type=float, default=SPAIR.alpha)
-    p.add_argument("--pairs-per-category", type=int, default=SPAIR.pairs_per_category)
-    p.add_argument("--seed", type=int, default=SPAIR.seed)
-    p.add_argument("--split", default=SPAIR.split)
-    p.add_argument("--bbox", dest="normalize", action="store_const", const="bbox", default="image",
-                   help="threshold alpha * max(bbox h, w) instead of alpha * max(image h, w)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON")
-    _model_args(p, SPAIR.layer, SPAIR.bin)
 
 
 def _extractor(args):
@@ -184,28 +170,4 @@ def parts_main(args) -> int:
                          extractor=_extractor(args), kmeans=args.kmeans, crf=args.crf,
                          batch_size=args.batch_size, progress=not args.quiet)
     _write(args, res, sources, lambda r: {"parts": draw_parts(r)})
-    return 0
-
-
-def eval_main(args) -> int:
-    import json
-
-    from ..viz import atomic_save
-    from .spair import evaluate_spair, load_pairs
-
-    load_pairs(args.root, args.split, args.categories)  # check the data set before loading the model
-    res = evaluate_spair(args.root, categories=args.categories, load_size=args.load_size, layer=args.layer,
-                         facet=args.facet, bin=args.bin, extractor=_extractor(args), alpha=args.alpha,
-                         pairs_per_category=args.pairs_per_category, seed=args.seed, split=args.split,
-                         normalize=args.normalize, progress=not args.quiet)
-    print(f"{'category':<14} {'pairs':>5} {'kps':>6} {'PCK@' + str(args.alpha):>9}")
-    for cat, value in res.per_category.items():
-        print(f"{cat:<14} {res.num_pairs[cat]:>5} {res.num_keypoints[cat]:>6} {100 * value:>9.2f}")
-    print(f"{'mean':<14} {sum(res.num_pairs.values()):>5} {sum(res.num_keypoints.values()):>6} "
-          f"{100 * res.mean:>9.2f}")
-    for name, msg in res.errors:
-        print(f"skipped {name}: {msg}")
-    if args.json:
-        path = atomic_save(args.json, lambda tmp: Path(tmp).write_text(json.dumps(res.to_dict(), indent=2)))
-        print(f"result written to {path}")
     return 0

@@ -1,31 +1,25 @@
 """PCK evaluation on SPair-71k (the method's Table 3 protocol): `evaluate_spair` and `dinofeat eval spair`.
 
-Layout read: <root>/JPEGImages/<category>/<name>.jpg and <root>/PairAnnotation/<split>/*.json, each pair JSON
-holding `category`, `src_imname`, `trg_imname`, `src_kps` / `trg_kps` ([[x, y], ...] in original pixels) and
-`src_bndbox` / `trg_bndbox` ([x1, y1, x2, y2]).
+Layout read (`dinofeat.apps.kp_data.read_spair`): <root>/JPEGImages/<category>/<name>.jpg and
+<root>/PairAnnotation/<split>/*.json, each pair JSON holding `category`, `src_imname`, `trg_imname`, `src_kps` /
+`trg_kps` ([[x, y], ...] in original pixels) and `trg_bndbox` ([x1, y1, x2, y2]).
 
 Protocol: per category, `pairs_per_category` pairs sampled without replacement (numpy generator seeded with
-`seed`, categories and files in sorted order); each source keypoint is mapped to the patch whose window centre is
-nearest; its descriptor's nearest neighbour (cosine) among all target patches gives the prediction (that patch's
-window centre, mapped back to the target's original pixels); correct when within alpha * max(h, w) of the
-annotation, (h, w) the target image's size (or the target bounding box's with `normalize="bbox"`). PCK of a
-category = correct keypoints / keypoints over its pairs; the mean is over categories.
+`seed`, categories and files in sorted order); the transfer and PCK are `dinofeat.apps.keypoints`' (nearest
+window centre -> cosine nearest neighbour among all target patches -> its window centre in the target's
+original pixels), the threshold alpha * max(h, w) of the target image (or of its bounding box with
+`normalize="bbox"`). PCK of a category = correct keypoints / keypoints over its pairs; the mean is over categories.
 """
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-from ..errors import DinofeatError, InputError
+from ..errors import InputError
 from .common import make_extractor
 from .defaults import SPAIR
+from .keypoints import StoreFeatures, evaluate_pairs
+from .kp_data import check_per_class, read_spair, sample
 
 NORMALIZATIONS = ("image", "bbox")
 
@@ -48,103 +42,17 @@ class PckResult:
                 "settings": self.settings}
 
 
-def load_pairs(root, split: str = SPAIR.split, categories=None) -> dict[str, list[tuple[Path, dict]]]:
-    """{category: [(json path, annotation), ...]} sorted by file name, for the requested categories."""
-    root = Path(root)
-    ann_dir = root / "PairAnnotation" / split
-    if not (root / "JPEGImages").is_dir() or not ann_dir.is_dir():
-        raise InputError(f"--root {str(root)!r}: expected SPair-71k's layout with JPEGImages/<category>/ and "
-                         f"PairAnnotation/{split}/*.json")
-    pairs: dict[str, list[tuple[Path, dict]]] = {}
-    for path in sorted(ann_dir.glob("*.json")):
-        try:
-            ann = json.loads(path.read_text())
-            cat = ann["category"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{path}: not a SPair-71k pair annotation ({type(e).__name__}: {e})") from None
-        pairs.setdefault(cat, []).append((path, ann))
-    if categories:
-        missing = sorted(set(categories) - set(pairs))
-        if missing:
-            raise InputError(f"--categories: {', '.join(missing)} not found under {ann_dir}; present: "
-                             f"{', '.join(sorted(pairs)) or 'none'}")
-        pairs = {c: pairs[c] for c in categories}
-    if not pairs:
-        raise InputError(f"--root {str(root)!r}: no pair annotations in {ann_dir}")
-    return dict(sorted(pairs.items()))
+def spair_pairs(root, categories=None, pairs_per_category: int = SPAIR.pairs_per_category, seed: int = SPAIR.seed,
+                split: str = SPAIR.split) -> dict:
+    """{category: [KeypointPair]}: `pairs_per_category` pair annotations sampled per category (seeded)."""
+    import numpy as np
 
-
-def sample_pairs(pairs: dict[str, list], per_category: int, seed: int) -> dict[str, list]:
+    if pairs_per_category is None:
+        raise InputError("pairs_per_category=None: expected an int >= 1")
+    check_per_class(pairs_per_category, "pairs_per_category")
+    pairs = read_spair(root, categories, split, flags=("--root", "--categories"))
     rng = np.random.default_rng(seed)
-    out = {}
-    for cat, items in pairs.items():
-        idx = np.sort(rng.choice(len(items), size=min(per_category, len(items)), replace=False))
-        out[cat] = [items[i] for i in idx]
-    return out
-
-
-def keypoint_tokens(kps: np.ndarray, scale: tuple[float, float], grid: tuple[int, int], stride: int,
-                    patch: int) -> np.ndarray:
-    """(N, 2) (x, y) original pixels -> (N,) token index of the patch whose window centre is nearest."""
-    x = kps[:, 0] * scale[0]
-    y = kps[:, 1] * scale[1]
-    col = np.clip(np.rint((x - patch / 2) / stride), 0, grid[1] - 1).astype(np.int64)
-    row = np.clip(np.rint((y - patch / 2) / stride), 0, grid[0] - 1).astype(np.int64)
-    return row * grid[1] + col
-
-
-def token_centres(tokens: np.ndarray, scale: tuple[float, float], grid: tuple[int, int], stride: int,
-                  patch: int) -> np.ndarray:
-    """(N,) tokens -> (N, 2) (x, y) window centres in original pixels."""
-    row, col = tokens // grid[1], tokens % grid[1]
-    return np.stack(((col * stride + patch / 2) / scale[0], (row * stride + patch / 2) / scale[1]), axis=1)
-
-
-class _Features:
-    """Unit-norm descriptors per image file, one forward each, the last `keep` kept for pairs sharing images.
-    Annotations refer to the stored pixels, so EXIF orientation is not applied."""
-
-    def __init__(self, ex, load_size, layer, facet, bin, keep: int = 8):
-        self.ex, self.args, self.keep, self.cache = ex, (load_size, layer, facet, bin), keep, OrderedDict()
-
-    def __call__(self, path: Path):
-        if path in self.cache:
-            self.cache.move_to_end(path)
-            return self.cache[path]
-        load_size, layer, facet, bin = self.args
-        batch, pil = self.ex.preprocess(str(path), load_size, exif_transpose=False)
-        with Image.open(path) as im:
-            w, h = im.size
-        f = self.ex.extract(batch, layer=layer, facet=facet, bin=bin)
-        d = torch.nn.functional.normalize(f.descriptors[0].float(), dim=1, eps=1e-8)
-        self.cache[path] = (d, f.num_patches, (pil.width / w, pil.height / h), (h, w))
-        if len(self.cache) > self.keep:
-            self.cache.popitem(last=False)
-        return self.cache[path]
-
-
-def pair_correct(feats, root: Path, ann: dict, alpha: float, normalize: str, stride: int, patch: int):
-    """(correct, total) keypoints of one pair annotation."""
-    cat = ann["category"]
-    src = feats(root / "JPEGImages" / cat / ann["src_imname"])
-    trg = feats(root / "JPEGImages" / cat / ann["trg_imname"])
-    src_kps = np.asarray(ann["src_kps"], np.float64).reshape(-1, 2)
-    trg_kps = np.asarray(ann["trg_kps"], np.float64).reshape(-1, 2)
-    if src_kps.shape != trg_kps.shape:
-        raise InputError(f"src_kps {src_kps.shape} and trg_kps {trg_kps.shape} differ in length")
-    if not len(src_kps):
-        return 0, 0
-    (d1, g1, s1, _), (d2, g2, s2, (h, w)) = src, trg
-    tokens = keypoint_tokens(src_kps, s1, g1, stride, patch)
-    nn = (d1[torch.from_numpy(tokens).to(d1.device)] @ d2.T).argmax(dim=1).cpu().numpy()
-    pred = token_centres(nn, s2, g2, stride, patch)
-    if normalize == "bbox":
-        x1, y1, x2, y2 = (float(v) for v in ann["trg_bndbox"])
-        size = max(x2 - x1, y2 - y1)
-    else:
-        size = max(h, w)
-    dist = np.linalg.norm(pred - trg_kps, axis=1)
-    return int((dist <= alpha * size).sum()), len(src_kps)
+    return {cat: sample(items, pairs_per_category, rng) for cat, items in pairs.items()}
 
 
 def evaluate_spair(root, categories=None, load_size=SPAIR.load_size, layer=SPAIR.layer, facet: str = SPAIR.facet,
@@ -157,31 +65,14 @@ def evaluate_spair(root, categories=None, load_size=SPAIR.load_size, layer=SPAIR
 
     A pair whose image or annotation is broken becomes an entry of `errors`; the others are still counted.
     """
-    from tqdm import tqdm
-
     if normalize not in NORMALIZATIONS:
         raise InputError(f"normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
-    if isinstance(pairs_per_category, bool) or not isinstance(pairs_per_category, int) or pairs_per_category < 1:
-        raise InputError(f"pairs_per_category={pairs_per_category!r}: expected an int >= 1")
-    root = Path(root)
-    chosen = sample_pairs(load_pairs(root, split, categories), pairs_per_category, seed)
+    chosen = spair_pairs(root, categories, pairs_per_category, seed, split)
     ex = make_extractor(extractor, model, stride, weights, backend, device, precision, progress)
-    feats = _Features(ex, load_size, layer, facet, bin)
-    correct, total, npairs, errors = {}, {}, {}, []
-    todo = [(cat, path, ann) for cat, items in chosen.items() for path, ann in items]
-    for cat, path, ann in tqdm(todo, desc="eval spair", unit="pair", disable=None if progress else True):
-        try:
-            c, t = pair_correct(feats, root, ann, alpha, normalize, ex.stride, ex.patch_size)
-        except (DinofeatError, KeyError, TypeError, ValueError) as e:
-            errors.append((path.name, f"{type(e).__name__}: {e}"))
-            continue
-        correct[cat] = correct.get(cat, 0) + c
-        total[cat] = total.get(cat, 0) + t
-        npairs[cat] = npairs.get(cat, 0) + 1
-    per_cat = {c: correct[c] / total[c] for c in chosen if total.get(c)}
-    mean = float(np.mean(list(per_cat.values()))) if per_cat else float("nan")
+    res = evaluate_pairs(chosen, StoreFeatures(ex, load_size, layer, facet), stride=ex.stride, patch=ex.patch_size,
+                         alpha=alpha, pck_ref=normalize, bin=bin, samples=0, progress=progress)
     settings = {"model": ex.model_name, "stride": ex.stride, "layer": layer, "facet": facet, "bin": bin,
                 "load_size": load_size, "alpha": alpha, "normalize": normalize, "pairs_per_category":
                 pairs_per_category, "seed": seed, "split": split, "weights_sha256": ex.weights_sha256}
-    return PckResult(per_category=per_cat, mean=mean, num_pairs=npairs, num_keypoints=total, errors=errors,
-                     settings=settings)
+    return PckResult(per_category=res.per_class, mean=res.mean, num_pairs=res.num_pairs,
+                     num_keypoints=res.num_keypoints, errors=res.errors, settings=settings)

@@ -60,14 +60,13 @@ def test_pck_counts_and_errors(spair_root, extractor):
         evaluate_spair(spair_root, categories=["dog"], extractor=extractor)
 
 
-def test_sampling_is_seeded(spair_root, extractor):
-    from dinofeat.apps.spair import load_pairs, sample_pairs
+def test_sampling_is_seeded(spair_root):
+    from dinofeat.apps.spair import spair_pairs
 
-    pairs = load_pairs(spair_root)
-    a = sample_pairs(pairs, 1, seed=5)
-    b = sample_pairs(pairs, 1, seed=5)
-    assert [p.name for p, _ in a["bird"]] == [p.name for p, _ in b["bird"]]
-    assert {len(v) for v in sample_pairs(pairs, 20, seed=0).values()} == {2}
+    a = spair_pairs(spair_root, pairs_per_category=1, seed=5)
+    b = spair_pairs(spair_root, pairs_per_category=1, seed=5)
+    assert [p.name for p in a["bird"]] == [p.name for p in b["bird"]]
+    assert {len(v) for v in spair_pairs(spair_root, pairs_per_category=20, seed=0).values()} == {2}
 
 
 def test_eval_cli(spair_root, tmp_path, capsys, vits8_weights_file):
@@ -80,3 +79,13 @@ def test_eval_cli(spair_root, tmp_path, capsys, vits8_weights_file):
     code = main(["eval", "spair", "--root", str(tmp_path / "nope"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "JPEGImages" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_keypoints_spair_layout_agrees(spair_root, extractor):
+    """`eval keypoints --layout spair` reads the same pairs and scores them with the same transfer and PCK."""
+    from dinofeat.apps.keypoints import evaluate_keypoints
+
+    res = evaluate_keypoints(spair_root, "spair", extractor=extractor, load_size=32, pck_ref="image")
+    assert res.per_class == {"bird": 6 / 8, "car": 1 / 2} and res.num_pairs == {"bird": 2, "car": 1}
+    assert len(res.errors) == 1 and "gone.jpg" in res.errors[0][1]
+    assert evaluate_keypoints(spair_root, "spair", extractor=extractor, load_size=32).pck_ref == "bbox"
