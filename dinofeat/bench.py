@@ -77,7 +77,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tiny smoke configuration (load sizes 40 and 56, few repeats, whole baseline loop)")
 
     g = parser.add_argument_group("output")
-    g.add_argument("--out", default=None, help="output directory (default: benchmarks/results)")
+    g.add_argument("--out", default=None, help="output directory (default: ./dinofeat-bench-results, under the current directory; the project's "
+                        "committed figures: --out benchmarks/results)")
     g.add_argument("--tag", default="bench", help="file stem of the outputs: TAG.json, TAG.md, TAG_*.png")
     g.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")

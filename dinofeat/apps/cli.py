@@ -167,7 +167,24 @@ def coseg_main(args) -> int:
                     extractor=_extractor(args), kmeans=args.kmeans, batch_size=args.batch_size,
                     progress=not args.quiet)
     _write(args, res, sources, lambda r: {"coseg": draw_cosegmentation(r), "mask": draw_mask(r)})
+    for name, r in zip(_names(sources), res, strict=True):
+        print(f"{name}: {coverage_line(r.mask)}")
     return 0
+
+
+def coverage_line(mask, low: float = 0.02, high: float = 0.98) -> str:
+    """How much of the image a co-segmentation mask covers, saying so when that is (nearly) all or nothing."""
+    import numpy as np
+
+    cover = float(np.asarray(mask, dtype=bool).mean()) if np.asarray(mask).size else 0.0
+    text = f"the mask covers {100 * cover:.1f}% of the image"
+    if cover >= high:
+        return (text + " (nearly all of it: no common foreground was separated from the background; try a higher "
+                "--thresh or --votes-percentage)")
+    if cover <= low:
+        return (text + " (nearly nothing: no common foreground was found; try a lower --thresh or "
+                "--votes-percentage, or check that the images share an object)")
+    return text
 
 
 def parts_main(args) -> int:

