@@ -382,7 +382,7 @@ def in_cli_words(message: str, parser: argparse.ArgumentParser | None) -> str:
             value = next(g for g in (m.group(2), m.group(3), m.group(4)) if g is not None)
             return f"{flag} {value}"
 
-        message = pattern.sub(repl, message)
+        message = pattern.sub(repl, message).replace(f"{flag}: {flag} ", f"{flag} ")
     return message
 
 

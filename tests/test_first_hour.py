@@ -28,30 +28,38 @@ def test_api_messages_in_the_cli_words():
     parser = build_parser()
     match = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["match"]
     text = ("weights file not found: 'w.pth'. Pass a checkpoint, or weights=None to use the official file; "
-            "device=\"cuda\" is not available, use device='cpu'; thresh=1.5: expected; load_size=3, stride=3")
+            "device=\"cuda\" is not available, use device='cpu'; thresh=1.5: expected; load_size=3, stride=3; "
+            "--batch-size: batch_size=0: expected")
     out = in_cli_words(text, match)
     assert "no --weights to use" in out and "--device cuda is" in out and "use --device cpu;" in out, out
     assert "--thresh 1.5:" in out and "--load-size 3," in out and "--stride 3" in out, out
+    assert "; --batch-size 0: expected" in out, out  # "--batch-size: batch_size=0" names the flag once
     assert "weights=" not in out and "device=" not in out
 
 
 def test_every_option_has_help_with_its_default():
-    parser = build_parser()
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    missing = []
-    for name in ("match", "extract", "weights"):
-        sub = subs[name]
-        helptext = " ".join(sub.format_help().split())
-        for action in sub._actions:
-            if not action.option_strings or action.dest == "help":
+    def parsers(name, parser):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from parsers(f"{name} {sub_name}".strip(), sub)
+
+    missing, checked = [], 0
+    for name, parser in parsers("", build_parser()):
+        helptext = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.dest in ("help", "version"):
                 continue
+            checked += 1
             if not action.help:
-                missing.append(f"{name} {action.option_strings[0]}")
+                missing.append(f"dinofeat {name} {action.option_strings[0]}")
             elif action.default not in (None, False, argparse.SUPPRESS) and "default" not in str(action.help):
-                assert f"(default: {action.default})" in helptext or f"(default: {action.default!s}" in helptext, \
-                    (name, action.option_strings)
+                assert f"(default: {action.default})" in helptext, (name, action.option_strings)
     assert not missing, missing
-    assert "(default: 0.05)" in " ".join(subs["match"].format_help().split())
+    assert checked > 100
+    match = next(p for n, p in parsers("", build_parser()) if n == "match")
+    assert "(default: 0.05)" in " ".join(match.format_help().split())
 
 
 def test_thresh_outside_0_1_is_rejected_in_cli_words(capsys):

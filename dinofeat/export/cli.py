@@ -40,7 +40,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="224x224", help="input H x W in pixels of the preprocessed image "
                    "(e.g. 224x224, 224x336); fixed per graph, default 224x224")
     p.add_argument("--layer", type=int, nargs="+", default=[9], help="block(s) whose facet to output (default 9)")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     p.add_argument("--saliency", action="store_true", help="also output the saliency row (last block CLS attention)")
     p.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
                    "official file, downloaded if missing")
@@ -63,7 +63,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="RoPE models (DINOv3): bake the checkpoint's stored periods (default, as Meta's code) or "
                         "recompute them in float32 (as timm / transformers)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
 def export_main(args) -> int:

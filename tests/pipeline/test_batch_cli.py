@@ -97,7 +97,7 @@ def test_all_pairs_and_one_to_many(tmp_path, gallery, vits8_weights_file, capsys
      (["--pairs", "{bad_csv}", "--out", "r.parquet"], "line 1: expected two image paths"),
      (["{gallery}", "--all-pairs"], "expected a file ending in .parquet"),
      (["{gallery}/c1.png", "--all-pairs", "--out", "r.parquet"], "not a directory"),
-     (["--pairs", "{csv}", "--out", "r.parquet", "--batch-size", "0"], "batch_size=0"),
+     (["--pairs", "{csv}", "--out", "r.parquet", "--batch-size", "0"], "--batch-size 0: expected"),
      (["{gallery}/c1.png", "{gallery}/c2.png", "--resume"], "--out/--resume: only with")],
 )
 def test_bad_arguments_exit_2(tmp_path, gallery, vits8_weights_file, capsys, args, message):
