@@ -246,3 +246,28 @@ def test_onnx_file_of_another_model_or_size_is_refused_in_cli_words(tmp_path, vi
     assert "no given graph has input 32x48" in err and "(given: 32x32 key9,saliency)" in err, err
     assert "dinofeat export --model dino_vits8 --stride 4 --size 32x48" in err, err
     assert main([*common[:-4], "--onnx", str(one)]) == 2 and "only with --backend onnxruntime" in capsys.readouterr().err
+
+
+@pytest.mark.integration  # two real ONNX exports (~30-60 s on 2 cores)
+def test_match_runs_exported_graphs_given_with_onnx(tmp_path, vits8_weights_file, capsys):
+    """`dinofeat export` for each example's preprocessed size, then `match --backend onnxruntime --onnx A --onnx B`:
+    the given graphs run (said on stderr), nothing is exported, and the pairs equal the torch backend's."""
+    pytest.importorskip("onnxruntime", reason="--onnx needs the [onnx] extra (ONNX Runtime)")
+    w = str(vits8_weights_file)
+    graphs = []
+    for size in ("32x48", "32x32"):
+        graphs.append(tmp_path / f"g{size}.onnx")
+        assert main(["export", "--size", size, "--layer", "9", "--facet", "key", "--saliency", "--weights", w,
+                     "-o", str(graphs[-1]), "--cache-dir", str(tmp_path / "export_cache"), "-q"]) == 0
+    capsys.readouterr()
+    common = ["match", str(EXAMPLES / "img_a.png"), str(EXAMPLES / "img_b.png"), "--weights", w, "--load-size", "32",
+              "--num-pairs", "3", "--device", "cpu"]
+    assert main([*common, "--backend", "onnxruntime", "--onnx", str(graphs[0]), "--onnx", str(graphs[1]),
+                 "-o", str(tmp_path / "ort.png")]) == 0
+    ort = capsys.readouterr()
+    assert f"the given graph {graphs[0]} and its ONNX Runtime session: done in" in ort.err, ort.err
+    assert f"the given graph {graphs[1]}" in ort.err and "exported and checked once" not in ort.err, ort.err
+    assert main([*common, "--backend", "torch", "-o", str(tmp_path / "torch.png"), "-q"]) == 0
+    ref = capsys.readouterr()
+    pairs = [line for line in ort.out.splitlines() if "<->" in line]
+    assert pairs and pairs == [line for line in ref.out.splitlines() if "<->" in line], (ort.out, ref.out)
