@@ -99,7 +99,7 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_a_graph_without_the_position_table_is_refused(tmp_path):
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="needs onnx ([pretrained], [onnx] or [gpu] extra)")
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
