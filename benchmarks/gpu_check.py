@@ -12,11 +12,16 @@ still leaves what it measured):
    reference; ONNX Runtime CUDA EP and TensorRT rows (skipped: not installed where they are not).
 3. ``best_buddies``: the paper pair size (3025 x 3025 x 6528) and a large one (18921 x 18921 x 6528, load ~560):
    time, TFLOP/s and the cuBLAS GEMM rate of the same shape and dtype measured in the same run.
+   ``binned``: `best_buddies_binned` (the default matching path) through the CUDA kernels against the CPU
+   reference (``impl="reference"``) on the paper grid (55 x 55, C 384): nn / mask agreement (a disagreement must
+   be a near-tie of the binned cosine), similarity deviation, time.
 4. ``log_bin``: GB/s (bytes read + written) against the device-to-device copy bandwidth of the same run.
 5. ``paper_pair``: `find_correspondences` on the two example images (load 224, fp32, cuda): latency p50 / p99
    and pairs/s.
-6. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), in the time left of the budget; tests of a
-   package that is not installed here (tensorrt, onnxruntime-gpu) are named in DINOFEAT_ALLOW_GPU_SKIPS.
+6. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), bounded by the time left of the budget (a
+   row that fails when less than PYTEST_MIN_S is left); tests of a package that is not installed here (tensorrt,
+   onnxruntime-gpu) are named in DINOFEAT_ALLOW_GPU_SKIPS. A missing pytest is a failure (the dry run too: it
+   marks the row FAIL and exits 1).
 
 Peak GPU memory (torch's allocator) is recorded per section.
 """
@@ -41,7 +46,11 @@ BB_SIZES = ((3025, 3025, 6528), (18921, 18921, 6528))  # paper pair (224, stride
 BB_PRECISIONS = ("fp32", "bf16", "fp16")
 LOG_BIN_SHAPE = (8, 55, 55, 384)  # (B, Hp, Wp, C): 8 images of the paper setting
 PAIR_RUNS = 30
+BINNED_GRID, BINNED_C = (55, 55), 384  # the paper pair's grid (224, stride 4) and ViT-S keys
+BINNED_TOL = 1e-5  # |sim| deviation, and the margin of a near-tie, of the binned CUDA kernel vs the reference
 BUDGET_S = 360.0  # the whole check, H100/H200 class
+PYTEST_MARGIN_S = 10.0  # left for writing the report after pytest
+PYTEST_MIN_S = 30.0  # with less than this left of the budget the pytest row fails without starting
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +68,9 @@ def plan() -> list[tuple[str, str]]:
     for t1, t2, c in BB_SIZES:
         for p in BB_PRECISIONS:
             rows.append(("best_buddies", f"{t1}x{t2}x{c} {p}: time, TFLOP/s, cuBLAS GEMM TFLOP/s same shape"))
+    (h, w), c = BINNED_GRID, BINNED_C
+    rows.append(("binned", f"best_buddies_binned cuda fp32 {h}x{w} vs {h}x{w}, C {c}, against the CPU reference: "
+                           "nn/mask agreement, sim deviation, ms"))
     b, hp, wp, c = LOG_BIN_SHAPE
     rows.append(("log_bin", f"({b}, {hp * wp}, {c}) fp32 -> 17 bins: GB/s vs device copy GB/s"))
     rows.append(("paper_pair", f"find_correspondences examples, load {LOAD}, fp32 cuda: latency p50/p99, pairs/s"))
@@ -311,6 +323,46 @@ def _best_buddies(check: Check) -> None:
         torch.cuda.empty_cache()
 
 
+def _binned(check: Check) -> None:
+    import torch
+
+    from dinofeat.kernels import best_buddies_binned
+
+    (h, w), c = BINNED_GRID, BINNED_C
+    name = f"best_buddies_binned cuda fp32 {h}x{w} vs {h}x{w}, C {c}, vs CPU reference"
+    g = torch.Generator().manual_seed(0)
+    k1, k2 = torch.randn(h * w, c, generator=g), torch.randn(h * w, c, generator=g)
+    ref = best_buddies_binned(k1, (h, w), k2, (h, w), impl="reference")
+    d1, d2 = k1.cuda(), k2.cuda()
+    got = [r.cpu() for r in best_buddies_binned(d1, (h, w), d2, (h, w)).check()]
+    t = _median(_events_time(lambda: best_buddies_binned(d1, (h, w), d2, (h, w)), min_s=0.3))
+    figures = {"ms": t * 1e3, "nn_1_mismatch": int((got[0] != ref.nn_1).sum()),
+               "nn_2_mismatch": int((got[2] != ref.nn_2).sum()), "mask_mismatch": int((got[4] != ref.mask).sum()),
+               "sim_dev": max(float((got[1] - ref.sim_1).abs().max()), float((got[3] - ref.sim_2).abs().max()))}
+    ties = _near_ties(k1, k2, (h, w), got[0], ref.nn_1, ref.sim_1) and \
+        _near_ties(k2, k1, (h, w), got[2], ref.nn_2, ref.sim_2)
+    ok = figures["sim_dev"] <= BINNED_TOL and ties
+    check.add("binned", name, "ok" if ok else "fail", "" if ok else
+              f"deviation above {BINNED_TOL} or a disagreement that is not a near-tie", **figures)
+
+
+def _near_ties(k1, k2, grid, nn, ref_nn, ref_sim) -> bool:
+    """Every row where the kernel's argmax differs from the reference's reaches the reference's maximum within
+    BINNED_TOL (binned cosine of the two rows, recomputed on the CPU)."""
+    import torch
+
+    from dinofeat.kernels import log_bin_rows
+
+    rows = torch.nonzero(nn != ref_nn).flatten()
+    if rows.numel() == 0:
+        return True
+    if bool((nn[rows] < 0).any()):
+        return False
+    r1, r2 = log_bin_rows(k1, grid, rows), log_bin_rows(k2, grid, nn[rows])
+    cos = torch.nn.functional.cosine_similarity(r1, r2, dim=-1, eps=1e-8)
+    return bool(((cos - ref_sim[rows]).abs() <= BINNED_TOL).all())
+
+
 def _log_bin(check: Check) -> None:
     import torch
 
@@ -379,17 +431,32 @@ def _gpu_test_files() -> list[str]:
     return sorted(str(p) for p in (ROOT / "tests").rglob("test_*.py") if "pytest.mark.gpu" in p.read_text())
 
 
+PYTEST_MISSING = "pytest cannot be imported: the GPU tests cannot run (pip install pytest)"
+
+
+def pytest_importable() -> bool:
+    """True when this interpreter (the one that runs ``pytest -m gpu``) can import pytest."""
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pytest(check: Check) -> None:
-    import importlib.util
     import xml.etree.ElementTree as ET
 
-    if importlib.util.find_spec("pytest") is None:
-        check.add("pytest", "pytest -m gpu", "skipped", "not installed (pytest): pip install pytest")
+    if not pytest_importable():
+        check.add("pytest", "pytest -m gpu", "fail", PYTEST_MISSING)
+        return
+    left = check.budget_s - check.elapsed() - PYTEST_MARGIN_S
+    if left < PYTEST_MIN_S:
+        check.add("pytest", "pytest -m gpu", "fail", f"no time left in the budget ({check.elapsed():.0f} s of "
+                  f"{check.budget_s:.0f} s used); rerun with --sections pytest or a larger --budget-s")
         return
     import torch
 
     torch.cuda.empty_cache()  # the test process needs the memory this one cached
-    left = max(60.0, check.budget_s - check.elapsed() - 10.0)
     xml = check.out / "pytest_gpu.xml"
     allow = _not_installed_tests()
     env = dict(os.environ, DINOFEAT_ALLOW_GPU_SKIPS=",".join(allow))
@@ -420,7 +487,8 @@ def _pytest(check: Check) -> None:
     check.add("pytest", "pytest -m gpu", "ok" if not failed and proc.returncode == 0 else "fail", detail, **counts)
 
 
-SECTIONS = (("doctor", _doctor), ("vit", _vit), ("best_buddies", _best_buddies), ("log_bin", _log_bin),
+SECTIONS = (("doctor", _doctor), ("vit", _vit), ("best_buddies", _best_buddies), ("binned", _binned),
+            ("log_bin", _log_bin),
             ("paper_pair", _paper_pair), ("pytest", _pytest))
 
 
@@ -447,11 +515,14 @@ def _meta(check: Check) -> None:
 
 def run_check(out, *, dry_run: bool = False, budget_s: float = BUDGET_S, sections=None) -> int:
     """Run the check into `out` (or print the plan with `dry_run`). Returns the exit code: 0 all rows ok or
-    skipped, 1 a row failed, 2 no GPU."""
+    skipped, 1 a row failed (the dry run: pytest cannot be imported), 2 no GPU."""
     if dry_run:
         print(f"dinofeat GPU check plan (budget {budget_s:.0f} s; writes gpu_check.json and gpu_check.md):")
         for section, row in plan():
             print(f"  {section:<13} {row}")
+        if not pytest_importable():
+            print(f"  {'pytest':<13} FAIL: {PYTEST_MISSING}")
+            return 1
         return 0
     import torch
 

@@ -27,6 +27,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
                    help="fp32 (exact, default); tf32 (CUDA TF32 matmuls); bf16 / fp16 (faster, inexact)")
+    g.add_argument("--pos-interp", default=None, choices=["offset", "size", "antialias"],
+                   help="position-table resampling: as Meta's DINOv2 (offset), Hugging Face transformers (size) or "
+                        "DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)")
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 
@@ -41,10 +44,10 @@ def resolve_stride(args) -> None:
 def _precheck(args, layer) -> None:
     """Arguments the model would reject, checked before it is loaded (seconds) or downloaded."""
     from .engine.preprocess import check_load_size
-    from .export.model import check_request
+    from .export.model import check_request, with_pos_interp
     from .zoo import get_model_spec
 
-    spec = get_model_spec(args.model)
+    spec = with_pos_interp(get_model_spec(args.model), getattr(args, "pos_interp", None))
     resolve_stride(args)
     check_request(spec, layer, args.facet)
     check_load_size(args.load_size, spec.patch_size)
@@ -59,7 +62,8 @@ def _extractor(args):
     if onnx_files and args.backend != "onnxruntime":
         raise DinofeatError(f"--onnx {onnx_files[0]}: only with --backend onnxruntime")
     ex = Extractor(model=args.model, stride=args.stride, weights=args.weights, backend=args.backend,
-                   device=args.device, precision=args.precision, progress=not getattr(args, "quiet", False))
+                   device=args.device, precision=args.precision, pos_interp=getattr(args, "pos_interp", None),
+                   progress=not getattr(args, "quiet", False))
     status.note(f"weights: {ex.weights_origin or ex.weights_source}")
     for path in onnx_files or ():
         h, w, outputs = ex.backend.add_graph(path)

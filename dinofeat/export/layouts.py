@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import WeightsError, WeightsWarning
 from ..zoo import MODELS, ModelSpec
+from .layout_names import describe_nearest
 
 # Wrapper keys that hold a (sub-)state dict, most specific first. "teacher" before "student": DINO evaluates the
 # teacher (the EMA network) and its released weights are the teacher backbone.
@@ -344,7 +346,7 @@ def _list(items: list, limit: int = 10) -> str:
 
 
 def mismatch_error(spec: ModelSpec, missing, unexpected, mismatched, *, source: str | None,
-                   looks_like: list[str], description: str) -> WeightsError:
+                   looks_like: list[str], description: str, nearest: str = "") -> WeightsError:
     where = f" in {source}" if source else ""
     lines = [f"the weights{where} do not fit model={spec.name!r}: {len(missing)} missing, {len(unexpected)} "
              f"unexpected and {len(mismatched)} shape-mismatched parameters."]
@@ -365,6 +367,8 @@ def mismatch_error(spec: ModelSpec, missing, unexpected, mismatched, *, source: 
                      f"{spec.patch_size}, {spec.depth} blocks, {spec.num_register_tokens} register tokens; no zoo "
                      "model matches it exactly. Pass the matching model= or an unmodified official, timm or "
                      "Hugging Face checkpoint.")
+    if nearest:
+        lines.append(nearest)
     return WeightsError("\n".join(lines))
 
 
@@ -376,8 +380,9 @@ def validate_native(spec: ModelSpec, sd: Mapping[str, torch.Tensor], *, source: 
         looks = guess_models(sd)
         if not looks and original is not None and _looks_like_dinov3(original):
             looks = _guess_dinov3(original)
+        nearest = describe_nearest(spec, original) if original is not None and not looks else ""
         raise mismatch_error(spec, missing, unexpected, mismatched, source=source, looks_like=looks,
-                             description=describe_checkpoint(sd))
+                             description=describe_checkpoint(sd), nearest=nearest)
     shapes = native_shapes(spec)
     return _as_float32({k: fitted[k] for k in shapes})
 
@@ -400,7 +405,8 @@ def to_native(spec: ModelSpec, state_dict, *, source: str | None = None) -> dict
     Tensors that need no conversion may share memory with the input. `source` names the file in messages.
     """
     flat = unwrap_checkpoint(state_dict)
-    backbone, _ = select_backbone(flat)
+    backbone, prefix = select_backbone(flat)
+    outside = [k for k in flat if not k.startswith(prefix)]
     if spec.family == "dinov3":
         try:
             from .dinov3 import dinov3_to_native
@@ -411,7 +417,32 @@ def to_native(spec: ModelSpec, state_dict, *, source: str | None = None) -> dict
             hint = f" (this checkpoint looks like {looks[0]}; pass model={looks[0]!r})" if looks else ""
             raise WeightsError(f"loading DINOv3 weights for model={spec.name!r} needs dinofeat/export/dinov3.py "
                                f"(dinov3_to_native), which is not part of this installation{hint}") from None
-        mapped = dinov3_to_native(spec, backbone)
-        return validate_native(spec, mapped, source=source, original=flat)
+        try:
+            mapped = dinov3_to_native(spec, backbone)
+        except WeightsError as exc:
+            nearest = describe_nearest(spec, backbone)
+            raise WeightsError(f"{exc}\n{nearest}" if nearest else str(exc)) from None
+        out = validate_native(spec, mapped, source=source, original=backbone)
+        _report_ignored(source, prefix, outside, [])
+        return out
     mapped = rename_to_native(backbone)
-    return validate_native(spec, mapped, source=source, original=flat)
+    out = validate_native(spec, mapped, source=source, original=backbone)
+    shapes = native_shapes(spec)
+    dropped = [prefix + k for k in mapped if k not in shapes]  # known-unused parts (pooler, heads)
+    filled = [k for k in shapes if k not in mapped]  # only mask_token gets here (validate_native checked the rest)
+    _report_ignored(source, prefix, outside + dropped, filled)
+    return out
+
+
+def _report_ignored(source: str | None, prefix: str, ignored: list[str], filled: list[str]) -> None:
+    """One `WeightsWarning` naming the tensors that were ignored and the unused ones that were filled in."""
+    if not ignored and not filled:
+        return
+    where = f" in {source}" if source else ""
+    parts = []
+    if ignored:
+        under = f" (the backbone is the part under {prefix!r})" if prefix else ""
+        parts.append(f"ignored {len(ignored)} tensor(s) that are not part of the backbone{under}: {_list(ignored, 6)}")
+    if filled:
+        parts.append(f"missing {', '.join(filled)} (unused at inference): filled with zeros")
+    warnings.warn(f"weights{where}: " + "; ".join(parts), WeightsWarning, stacklevel=4)

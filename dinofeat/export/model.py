@@ -31,6 +31,7 @@ Family specifics (DINOv2 / DINOv3):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -213,7 +214,13 @@ class StridedViT(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(dim, eps=spec.norm_eps)
         heads = spec.saliency_heads if spec.saliency_heads is not None else tuple(range(spec.num_heads))
-        self.saliency_heads = list(heads)
+        self.saliency_heads = list(heads)  # Python ints: for exporters and reports, never indexed with in forward
+        # The forward selects the heads from a tensor that lives with the model (a list index would make a
+        # pageable host-to-device copy per call: a host sync in eager mode, an error under CUDA-graph capture);
+        # a contiguous run of heads (all of them, by default) is a plain slice.
+        contiguous = list(heads) == list(range(heads[0], heads[0] + len(heads))) if heads else False
+        self._saliency_slice = slice(heads[0], heads[0] + len(heads)) if contiguous else None
+        self.register_buffer("saliency_index", torch.tensor(heads, dtype=torch.long), persistent=False)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     # ---- positions -------------------------------------------------------------------------------------
@@ -280,12 +287,18 @@ class StridedViT(nn.Module):
                     results[output_name(i, facet)] = self._layout(qkv[("query", "key", "value").index(facet)], npre)
             if request.saliency and i == spec.depth - 1:
                 attn = block.attn.cls_attention(block.norm1(tokens), rope, npre)  # (B, heads, N)
-                results["saliency"] = _minmax(attn[:, self.saliency_heads, npre:].mean(dim=1))
+                results["saliency"] = _minmax(self._saliency_heads_of(attn)[:, :, npre:].mean(dim=1))
             if full:
                 tokens = block(tokens, rope, npre)
                 if "token" in facets:
                     results[output_name(i, "token")] = tokens[:, npre:]
         return [results[name] for name in request.output_names()]
+
+    def _saliency_heads_of(self, attn: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N) -> (B, len(saliency_heads), N), without creating a tensor from Python data."""
+        if self._saliency_slice is not None:
+            return attn[:, self._saliency_slice]
+        return attn.index_select(1, self.saliency_index)
 
     @staticmethod
     def _layout(t: torch.Tensor, num_prefix: int) -> torch.Tensor:
@@ -298,19 +311,21 @@ def resample_position_table(spec: ModelSpec, pos_embed: torch.Tensor, height: in
                             stride: int) -> torch.Tensor:
     """(1, 1 + rows*cols, D) float32 CPU position table of `spec` for an (height, width) image at `stride`.
 
-    Dispatches on ``spec.pos_interp``, i.e. on what the model's own ``interpolate_pos_encoding`` does, with its
-    grid replaced by the strided grid (rows, cols) = `grid_size`:
+    Dispatches on ``spec.pos_interp`` (`POS_INTERP`), i.e. on what the model's own ``interpolate_pos_encoding``
+    does, with its grid replaced by the strided grid (rows, cols) = `grid_size`:
 
-    * ``"offset"`` (DINO, DINOv2 without registers): `interpolate_pos_embed`, bicubic with
+    * ``"offset"`` (DINO, DINOv2 without registers, Meta's code): `interpolate_pos_embed`, bicubic with
       ``scale_factor=(n + 0.1) / G`` (SEMANTICS §3);
+    * ``"size"`` (Hugging Face transformers' ``Dinov2Model`` / ``ViTModel``):
+      ``F.interpolate(size=(rows, cols), mode="bicubic", align_corners=False)``, no antialias;
     * ``"antialias"`` (DINOv2 ``_reg``, whose hub entries set ``interpolate_offset=0.0,
-      interpolate_antialias=True``): ``F.interpolate(size=(rows, cols), mode="bicubic", antialias=True)``.
+      interpolate_antialias=True``): the same with ``antialias=True``.
 
-    Both keep the table as is when the grid has G*G tokens and the image is square (the models' early exit).
+    All keep the table as is when the grid has G*G tokens and the image is square (the models' early exit).
     """
     if spec.pos_interp == "offset":
         return interpolate_pos_embed(pos_embed, 1, height, width, spec.patch_size, stride)
-    if spec.pos_interp != "antialias":
+    if spec.pos_interp not in POS_INTERP:
         raise ValueError(f"unknown pos_interp {spec.pos_interp!r} for {spec.name}")
     table = pos_embed.detach().to(device="cpu", dtype=torch.float32)
     n = table.shape[1] - 1
@@ -322,7 +337,8 @@ def resample_position_table(spec: ModelSpec, pos_embed: torch.Tensor, height: in
         return table.clone()
     dim = table.shape[-1]
     patch = table[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch, size=(rows, cols), mode="bicubic", antialias=True)
+    patch = F.interpolate(patch, size=(rows, cols), mode="bicubic", align_corners=False,
+                          antialias=spec.pos_interp == "antialias")
     patch = patch.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
     return torch.cat([table[:, :1], patch], dim=1)
 
@@ -398,15 +414,37 @@ def recomputed_periods(head_dim: int, base: float) -> torch.Tensor:
 # uses; the released files store them rounded to bfloat16), else recomputed; "recompute" = always recomputed in
 # float32 from the RoPE base (what timm and Hugging Face transformers do).
 ROPE_PERIODS = ("checkpoint", "recompute")
+# How a learned position table is resampled to another grid (Extractor / export / CLI ``pos_interp=``; None keeps
+# the zoo row's convention): "offset" = Meta's DINO / DINOv2 code (scale factor (n + 0.1) / G); "size" = Hugging
+# Face transformers (bicubic to the grid size, no antialias); "antialias" = Meta's DINOv2 _reg hub entries.
+# See `resample_position_table` and docs/checkpoints.md.
+POS_INTERP = ("offset", "size", "antialias")
 
 
-def build_vit(spec: ModelSpec, stride: int, loaded, rope_periods: str = "checkpoint") -> StridedViT:
+def with_pos_interp(spec: ModelSpec, pos_interp: str | None) -> ModelSpec:
+    """`spec` with its position-table resampling replaced by `pos_interp` (None: `spec` unchanged)."""
+    from ..errors import InputError
+
+    if pos_interp is None or pos_interp == spec.pos_interp:
+        return spec
+    if pos_interp not in POS_INTERP:
+        raise InputError(f"pos_interp={pos_interp!r} is unknown; choose one of {', '.join(POS_INTERP)}")
+    if spec.pos != "learned":
+        raise InputError(f"pos_interp={pos_interp!r} applies to learned position tables; {spec.name} uses "
+                         f"{spec.pos} positions: leave it unset")
+    return dataclasses.replace(spec, pos_interp=pos_interp)
+
+
+def build_vit(spec: ModelSpec, stride: int, loaded, rope_periods: str = "checkpoint",
+              pos_interp: str | None = None) -> StridedViT:
     """An eval-mode `StridedViT` with `loaded` (a `dinofeat.weights.LoadedWeights`) in it; `rope_periods` picks
-    the RoPE periods (see `ROPE_PERIODS`)."""
+    the RoPE periods (see `ROPE_PERIODS`), `pos_interp` the position-table resampling (see `POS_INTERP`; None:
+    the zoo row's)."""
     from ..errors import InputError
 
     if rope_periods not in ROPE_PERIODS:
         raise InputError(f"rope_periods={rope_periods!r} is unknown; choose one of {', '.join(ROPE_PERIODS)}")
+    spec = with_pos_interp(spec, pos_interp)
     periods = loaded.rope_periods if rope_periods == "checkpoint" else None
     vit = StridedViT(spec, stride, rope_periods=periods)
     vit.load_state_dict(loaded.state_dict)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError, DinofeatError, InputError
+from ..zoo import MODELS
 from . import cache
 from .model import Request, StridedViT
 
@@ -96,6 +97,7 @@ class GraphSpec:
     weights_id: str = ""
     num_patches: tuple[int, int] = field(default=(0, 0), compare=False)
     rope_periods: str = ""  # RoPE models with given periods: their float32 values, comma-separated; else ""
+    pos_interp: str = ""  # position-table resampling when it is not the zoo row's (`Extractor(pos_interp=)`); else ""
 
     @property
     def outputs(self) -> list[str]:
@@ -109,12 +111,15 @@ class GraphSpec:
         }
         if self.rope_periods:  # the same file gives two graphs under rope_periods="checkpoint" / "recompute"
             fields["rope_periods"] = self.rope_periods
+        if self.pos_interp:  # the same weights give another graph under another position resampling
+            fields["pos_interp"] = self.pos_interp
         return fields
 
     def metadata(self) -> dict[str, str]:
         from .. import __version__
 
         rope = {"dinofeat.rope_periods": self.rope_periods} if self.rope_periods else {}
+        rope |= {"dinofeat.pos_interp": self.pos_interp} if self.pos_interp else {}
         return rope | {
             "dinofeat.version": __version__, "dinofeat.exporter": EXPORTER_VERSION, "dinofeat.model": self.model,
             "dinofeat.stride": str(self.stride), "dinofeat.height": str(self.height),
@@ -129,8 +134,10 @@ def graph_spec(vit: StridedViT, request: Request, height: int, width: int, preci
     _check_args(vit, request, height, width, precision)
     periods = getattr(vit, "rope_periods", None)
     rope = "" if periods is None else ",".join(repr(float(v)) for v in periods.tolist())
+    zoo_interp = MODELS[vit.spec.name].pos_interp if vit.spec.name in MODELS else vit.spec.pos_interp
+    interp = "" if vit.spec.pos_interp == zoo_interp else vit.spec.pos_interp
     return GraphSpec(vit.spec.name, vit.stride, int(height), int(width), request, precision, weights_id,
-                     vit.grid(int(height), int(width)), rope)
+                     vit.grid(int(height), int(width)), rope, interp)
 
 
 def output_shapes(vit: StridedViT, request: Request, height: int, width: int) -> dict[str, tuple[int, ...]]:

@@ -9,9 +9,11 @@
 //   bbb_fused:             one output tile (image-1 grid rows [a0, a1) x image-2 grid rows [b0, b1)): the 1+8h shifted
 //                          Gram terms summed per element (binned_dot), scaled by inv1[i] * inv2[j], folded into
 //                          packed (value, index) keys row_keys[i] / col_keys[j] with 64-bit atomicMax (ties -> lowest
-//                          index; unpacked by bb_unpack_keys). Geometry: int64 words (DF_BBB_GEOM_WORDS) + the level
-//                          tiles g0..g3 (unused ones may repeat g0). Grid (ceil(ncols / blockDim.x),
-//                          ceil(nrows / DF_BBB_TILE_ROWS)); blockDim.x <= DF_BBB_MAX_THREADS.
+//                          index; unpacked by bb_unpack_keys). Row keys are reduced within the warp first (xor
+//                          shuffles, warp_max_u64), so each warp does one shared atomicMax per row instead of 32.
+//                          Geometry: int64 words (DF_BBB_GEOM_WORDS) + the level tiles g0..g3 (unused ones may repeat
+//                          g0). Grid (ceil(ncols / blockDim.x), ceil(nrows / DF_BBB_TILE_ROWS)); blockDim.x a multiple
+//                          of 32 (full warps), <= DF_BBB_MAX_THREADS.
 #include "bb_binned_common.cuh"
 #include "best_buddies_common.cuh"
 #include "dtype_common.cuh"
@@ -71,20 +73,23 @@ __global__ void bbb_fused(const i64* __restrict__ geom, const float* g0, const f
   const int rn = static_cast<int>(nrows - r0 < DF_BBB_TILE_ROWS ? nrows - r0 : DF_BBB_TILE_ROWS);
   for (int k = threadIdx.x; k < DF_BBB_TILE_ROWS; k += blockDim.x) s_row[k] = 0ull;
   __syncthreads();
-  if (jl < ncols && rn > 0) {
-    const i64 j = j_first + jl;
-    const int y2 = static_cast<int>(j / g.w2), x2 = static_cast<int>(j % g.w2);
-    const float cs = inv2[j];
-    u64 ck = 0ull;
-    for (int r = 0; r < rn; ++r) {
+  const bool active = jl < ncols;
+  const i64 j = j_first + (active ? jl : 0);
+  const int y2 = static_cast<int>(j / g.w2), x2 = static_cast<int>(j % g.w2);
+  const float cs = active ? inv2[j] : 0.0f;
+  u64 ck = 0ull;
+  for (int r = 0; r < rn; ++r) {  // every thread runs every row (rn is uniform): the shuffles need all 32 lanes
+    u64 rk = 0ull;                // 0 = "nothing", below every real key
+    if (active) {
       const i64 i = i_first + r0 + r;
       const float v = binned_dot(g, static_cast<int>(i / g.w1), static_cast<int>(i % g.w1), y2, x2) * inv1[i] * cs;
       ck = max_u64(ck, pack_key(v, static_cast<unsigned int>(i)));
-      const u64 rk = pack_key(v, static_cast<unsigned int>(j));
-      if (rk > *static_cast<volatile u64*>(&s_row[r])) atomicMax(&s_row[r], rk);  // skip sure losers
+      rk = pack_key(v, static_cast<unsigned int>(j));
     }
-    atomicMax(&col_keys[j], ck);
+    rk = warp_max_u64(rk);
+    if ((threadIdx.x & 31) == 0 && rk != 0ull) atomicMax(&s_row[r], rk);  // one shared atomic per warp and row
   }
+  if (active) atomicMax(&col_keys[j], ck);
   __syncthreads();
   for (int k = threadIdx.x; k < rn; k += blockDim.x) atomicMax(&row_keys[i_first + r0 + k], s_row[k]);
 }

@@ -28,12 +28,6 @@
 
 namespace dinofeat {
 
-// Max of v over the 32 lanes of the warp (every lane gets it). All 32 lanes must call it.
-__device__ inline u64 warp_max_u64(u64 v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = max_u64(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
 template <class Tin>
 __global__ void bb_row_norm(const Tin* __restrict__ x, float* __restrict__ norms, i64 rows, int channels) {
   __shared__ float red[DF_BB_MAX_THREADS];

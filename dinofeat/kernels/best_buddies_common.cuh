@@ -33,4 +33,13 @@ DF_HD inline float key_value(u64 key) { return ordered_bits_to_float(static_cast
 
 DF_HD inline u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
 
+#if defined(__CUDACC__) || defined(DF_CUDA_SHIM)
+// Max of v over the 32 lanes of the warp (every lane gets it). All 32 lanes must call it (the epilogues of
+// best_buddies.cu and bb_binned.cu reduce a row's keys with it: one shared atomicMax per warp and row).
+__device__ inline u64 warp_max_u64(u64 v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = max_u64(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+#endif
+
 }  // namespace dinofeat

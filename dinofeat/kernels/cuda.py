@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -403,6 +405,42 @@ def binned_geom_words(grid1, grid2, hierarchy: int, r_lo, c_lo, ld) -> np.ndarra
     return np.array([*grid1, *grid2, hierarchy, *r_lo, *pad, *c_lo, *pad, *ld, *pad], dtype=np.int64)
 
 
+def binned_step_geoms(grid1, grid2, hierarchy: int, step: int) -> np.ndarray:
+    """(steps, DF_BBB_GEOM_WORDS) int64: the ``bbb_fused`` geometry words of every image-1 step of ``step`` grid
+    rows (row n: the step starting at grid row n * step, its level tiles starting ``3**k`` rows above it)."""
+    t2 = int(grid2[0]) * int(grid2[1])
+    rows = [binned_geom_words(grid1, grid2, hierarchy, [max(a0 - 3**k, 0) for k in range(hierarchy)],
+                              [0] * hierarchy, [t2] * hierarchy) for a0 in range(0, int(grid1[0]), step)]
+    return np.stack(rows)
+
+
+GEOM_CACHE_SIZE = 64  # device copies of step geometries kept (one small array per shape and device)
+_GEOM_CACHE: OrderedDict = OrderedDict()
+_GEOM_LOCK = threading.Lock()
+
+
+def binned_geoms_device(cp, grid1, grid2, hierarchy: int, step: int):
+    """`binned_step_geoms` on the current device, uploaded once per (device, shape, step) and kept (LRU): no
+    pageable host-to-device copy per step or call. The upload draws from CuPy's own pool (the entry outlives the
+    call) and is complete before it is returned, so any stream may read it."""
+    key = (int(cp.cuda.Device().id), tuple(int(v) for v in grid1), tuple(int(v) for v in grid2), int(hierarchy),
+           int(step))
+    with _GEOM_LOCK:
+        hit = _GEOM_CACHE.get(key)
+        if hit is not None:
+            _GEOM_CACHE.move_to_end(key)
+            return hit
+    host = binned_step_geoms(grid1, grid2, hierarchy, step)
+    with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
+        dev = cp.asarray(host)
+    cp.cuda.get_current_stream().synchronize()
+    with _GEOM_LOCK:
+        _GEOM_CACHE[key] = dev
+        while len(_GEOM_CACHE) > GEOM_CACHE_SIZE:
+            _GEOM_CACHE.popitem(last=False)
+    return dev
+
+
 def binned_step_rows(grid1, t2: int, hierarchy: int, budget: int = BBB_TILE_BYTES) -> int:
     """Image-1 grid rows per step so that the level tiles (step + 2 * 3^k rows, all of image 2) fit ``budget``."""
     h1, w1 = grid1
@@ -470,14 +508,14 @@ def best_buddies_binned_cupy(x1, name1: str, grid1, x2, name2: str, grid2, hiera
     row_keys = cp.zeros((t1,), dtype=cp.uint64)
     col_keys = cp.zeros((t2,), dtype=cp.uint64)
     fused = kernel("dinofeat::bbb_fused")
-    for a0 in range(0, h1, step):
+    geoms = binned_geoms_device(cp, (h1, w1), (h2, w2), hierarchy, step)
+    for n, a0 in enumerate(range(0, h1, step)):
         a1 = min(a0 + step, h1)
-        r_lo, tiles = [], []
+        tiles = []
         for k, s in enumerate(halos):
             lo, hi = max(a0 - s, 0), min(a1 + s, h1)
             tiles.append(_gemm_nt(l1[k][lo * w1 : hi * w1], l2[k], bufs[k][: (hi - lo) * w1], gemm_name))
-            r_lo.append(lo)
-        geom = cp.asarray(binned_geom_words((h1, w1), (h2, w2), hierarchy, r_lo, [0] * hierarchy, [t2] * hierarchy))
+        geom = geoms[n]
         ptrs = tiles + [tiles[0]] * (BBB_MAX_LEVELS - hierarchy)
         nrows = (a1 - a0) * w1
         grid = ((t2 + BBB_THREADS - 1) // BBB_THREADS, (nrows + BBB_TILE_ROWS - 1) // BBB_TILE_ROWS)

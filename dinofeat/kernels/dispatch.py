@@ -17,7 +17,8 @@ Non-contiguous inputs are made contiguous (a copy), never rejected.
 NaN / Inf: host inputs are checked before computing (`InputError`). Device inputs (torch CUDA, CuPy) are never
 synchronised for it: `best_buddies` computes per-row sums on the device and reports through
 :meth:`BestBuddies.check` (call it where you synchronise anyway; `find_correspondences` does); `log_bin` does not
-check device inputs (a NaN / Inf propagates into every output bin that reads it).
+check device inputs (a NaN / Inf propagates into every output bin that reads it). `best_buddies_binned` defers
+its check of device inputs exactly as `best_buddies` does.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ def best_buddies_binned(
 
     Raises:
         InputError: wrong type/ndim/dtype, kinds or devices differ, C mismatch, bad num_patches/hierarchy/precision,
-            NaN/Inf.
+            NaN/Inf (device inputs: from ``result.check()``, as :func:`best_buddies`).
         BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
     """
     o1 = _check_pair("keys1", keys1, "keys2", keys2)
@@ -413,27 +414,27 @@ def best_buddies_binned(
     from .cpu_binned import resolve_tiling
 
     tiling = resolve_tiling(tiling)  # checked for every impl: a typo is an error, not a silent default
-    A.check_finite("keys1", keys1)
-    A.check_finite("keys2", keys2)
+    # host inputs: checked now; device inputs: per-row sums enqueued on the device, reported by `.check()`
+    pending = [A.check_finite_deferred("keys1", keys1), A.check_finite_deferred("keys2", keys2)]
     keys1 = _contiguous(keys1, o1)
     keys2 = _contiguous(keys2, o1)
     t1, t2 = int(keys1.shape[0]), int(keys2.shape[0])
     if t1 == 0 or t2 == 0:
         x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
-        return BestBuddies(*(A.from_torch(r, o1) for r in reference.best_buddies(x1, x2)))
+        return _with_pending([A.from_torch(r, o1) for r in reference.best_buddies(x1, x2)], pending)
     if impl == "reference":
         x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
         res = reference.best_buddies_binned(x1, grid1, x2, grid2, hierarchy=hierarchy, precision=precision)
-        return BestBuddies(*(A.from_torch(r, o1) for r in res))
+        return _with_pending([A.from_torch(r, o1) for r in res], pending)
     if impl == "cpu":
         from . import cpu
 
         res = cpu.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
                                       hierarchy=hierarchy, precision=precision, tiling=tiling)
-        return BestBuddies(*(A.from_numpy(r, o1) for r in res))
+        return _with_pending([A.from_numpy(r, o1) for r in res], pending)
     from . import cuda
 
-    return BestBuddies(*cuda.best_buddies_binned_any(keys1, grid1, keys2, grid2, o1, hierarchy, precision))
+    return _with_pending(cuda.best_buddies_binned_any(keys1, grid1, keys2, grid2, o1, hierarchy, precision), pending)
 
 
 def log_bin_rows(desc, num_patches, indices, hierarchy: int = 2, *, impl: str = "auto"):

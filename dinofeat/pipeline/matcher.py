@@ -105,9 +105,10 @@ class Matcher:
         return feature_key(image_digest(image, name=name), self._key_config)
 
     def features(self, image) -> Features:
-        """Unbinned facet descriptors (1, T, C), saliency (1, T), grid and resized `image` of one image (cached)."""
+        """Unbinned facet descriptors (1, T, C), saliency (1, T), grid and resized `image` of one image (cached), on
+        the backend's device whatever their source (forward, memory or disk)."""
         key = self.key(image)
-        f = self.store.get(key)
+        f, _ = self._lookup(key)
         if f is None:
             batch, pil = self._decode(image, "image")
             f = self._forward([batch], [pil])[0]
@@ -180,7 +181,7 @@ class Matcher:
         """Worker-thread step: key, store lookup, else decode + resize. Never raises (errors are returned)."""
         try:
             key = self.key(image, name)
-            f, where = self.store.lookup(key)  # counted once the window is done (`_count_lookups`)
+            f, where = self._lookup(key, count=False)  # counted once the window is done (`_count_lookups`)
             if f is not None:
                 return {"key": key, "features": f, "where": where}
             with self._lock:
@@ -214,7 +215,7 @@ class Matcher:
                     todo[prep["key"]] = prep
         by_size: dict[tuple, list[str]] = {}
         for key, prep in todo.items():
-            f, where = self.store.lookup(key)  # extracted since this image was prepared (an earlier window)
+            f, where = self._lookup(key, count=False)  # extracted since this image was prepared (an earlier window)
             if f is not None:
                 prep["features"], prep["where"] = f, where
             else:
@@ -274,16 +275,44 @@ class Matcher:
             per_layer = {lyr: t[i:i + 1].clone() for lyr, t in f.per_layer.items()}
             only = next(iter(f.per_layer))
             desc = per_layer[only] if f.descriptors is f.per_layer[only] else f.descriptors[i:i + 1].clone()
-            out.append(Features(descriptors=desc, saliency=f.saliency[i:i + 1].clone(), num_patches=f.num_patches,
-                                load_size=f.load_size, per_layer=per_layer, image=image))
+            out.append(self._placed(Features(descriptors=desc, saliency=f.saliency[i:i + 1].clone(),
+                                             num_patches=f.num_patches, load_size=f.load_size, per_layer=per_layer,
+                                             image=image)))
         with self._lock:
             self.forwards += len(batches)
             self.forward_calls += 1
             self.stage_seconds["forward"] += time.perf_counter() - t0
         return out
 
+    def _lookup(self, key: str, *, count: bool = True) -> tuple[Features | None, str]:
+        """The store's entry of `key` on the backend's device (a disk hit is read to the CPU: it is moved once and
+        kept in memory there), or None; and where it was found ("memory" | "disk" | "miss"). `count`: record the
+        outcome in the store's stats now (the batch path counts per image once a window is done)."""
+        f, where = self.store.lookup(key)
+        if count:
+            self.store.count(where)
+        if f is None:
+            return None, where
+        placed = self._placed(f)
+        if placed is not f:
+            self.store.put(key, placed, write=False)
+        return placed, where
+
+    def _placed(self, f: Features) -> Features:
+        """`f` with every tensor on the backend's device (`f` itself when they are there already)."""
+        dev = self.extractor.device
+        tensors = [f.descriptors, f.saliency, *f.per_layer.values()]
+        if all(t is None or on_device(t, dev) for t in tensors):
+            return f
+        per_layer = {lyr: t.to(dev) for lyr, t in f.per_layer.items()}
+        same = [lyr for lyr, t in f.per_layer.items() if t is f.descriptors]
+        desc = per_layer[same[0]] if same else f.descriptors.to(dev)
+        return Features(descriptors=desc, saliency=None if f.saliency is None else f.saliency.to(dev),
+                        num_patches=f.num_patches, load_size=f.load_size, per_layer=per_layer, image=f.image)
+
     def _match(self, f1: Features, f2: Features) -> Correspondences:
         c, ex = self.config, self.extractor
+        f1, f2 = self._placed(f1), self._placed(f2)  # every source reaches the kernels on one device
         t0 = time.perf_counter()
         corr = match_views(view_of(f1, 0, c.layer, f1.image), view_of(f2, 0, c.layer, f2.image),
                            num_pairs=c.num_pairs, bin=c.bin, thresh=c.thresh, stride=ex.stride,
@@ -349,6 +378,15 @@ def _chunks(it: Iterable, n: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> bool:
+    """True when `t` lives on `device` (a device without an index, e.g. "cuda", means its current one)."""
+    if t.device.type != device.type:
+        return False
+    if device.index is None:
+        return device.type != "cuda" or t.device.index == torch.cuda.current_device()
+    return t.device.index == device.index
 
 
 def check_count(v, name: str, minimum: int = 1) -> int:

@@ -316,11 +316,13 @@ def _shim_binned(shim, k1: torch.Tensor, g1, k2: torch.Tensor, g2, hierarchy=2, 
     step = cuda.binned_step_rows(g1, t2, hierarchy, budget or cuda.BBB_TILE_BYTES)
     row_keys, col_keys = np.zeros(t1, np.uint64), np.zeros(t2, np.uint64)
     starts = list(range(0, h1, step))
-    for a0 in [starts[i] for i in steps] if steps else starts:
+    geoms = cuda.binned_step_geoms(g1, g2, hierarchy, step)  # the words cuda.py uploads once per shape
+    for n in [range(len(starts))[i] for i in steps] if steps else range(len(starts)):
+        a0 = starts[n]
         a1 = min(a0 + step, h1)
         los = [max(a0 - 3**k, 0) for k in range(hierarchy)]
         tiles = [np.ascontiguousarray(l1[k][lo * w1 : min(a1 + 3**k, h1) * w1] @ l2[k].T) for k, lo in enumerate(los)]
-        geom = cuda.binned_geom_words(g1, g2, hierarchy, los, [0] * hierarchy, [t2] * hierarchy)
+        geom = np.ascontiguousarray(geoms[n])
         ptrs = [_ptr(t) for t in tiles] + [_ptr(tiles[0])] * (cuda.BBB_MAX_LEVELS - hierarchy)
         shim.df_bbb_fused(_ptr(geom), *ptrs, a0, a1, 0, h2, _ptr(inv1), _ptr(inv2), _ptr(row_keys), _ptr(col_keys),
                           block)
@@ -377,3 +379,28 @@ def test_binned_kernels_ties_and_constant_maps(shim):
     np.testing.assert_array_equal(nn_1, 0)
     np.testing.assert_array_equal(nn_2, 0)
     np.testing.assert_array_equal(mask, np.arange(24) == 0)
+
+
+@pytest.mark.parametrize("block", [32, 64])
+def test_binned_fused_reduces_rows_within_the_warp(shim, block):
+    """bbb_fused issues one shared atomicMax per warp and row (after warp_max_u64), not one per element: per block
+    rn * active warps (shared) + active threads (column keys) + rn (row keys), exactly; and still the dense result."""
+    from test_kernels_binned import dense_oracle
+
+    shim.df_atomic_max_calls.restype = ctypes.c_uint64
+    g1, g2, c = (3, 25), (7, 7), 6  # 75 rows (3 row tiles), 49 columns (a partial warp, a partial block)
+    gen = torch.Generator().manual_seed(3)
+    k1, k2 = torch.randn(75, c, generator=gen), torch.randn(49, c, generator=gen)
+    shim.df_atomic_max_calls()  # reset
+    got = _shim_binned(shim, k1, g1, k2, g2, block=block)
+    calls = shim.df_atomic_max_calls()
+    t2, nrows = 49, 75  # one image-1 step: the default budget holds all rows
+    expected = 0
+    for by in range(-(-nrows // 32)):
+        rn = min(32, nrows - 32 * by)
+        for bx in range(-(-t2 // block)):
+            active = min(block, t2 - bx * block)
+            expected += rn * -(-active // 32) + active + rn
+    assert calls == expected, (calls, expected)
+    ref, s = dense_oracle(k1, g1, k2, g2, 2)
+    check_bb_against(got, ref, s, tie_tol=1e-6)

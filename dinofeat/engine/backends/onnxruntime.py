@@ -335,7 +335,7 @@ def _graph(vit, request, height, width, precision, weights_id, variant, cache_di
 def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width: int = 224, *, weights=None,
                    layer=9, facet: str = "key", saliency: bool = False, precision: str = "fp32",
                    optimize: bool = True, device="cpu", threads: int | None = None, cache_dir=None,
-                   rope_periods: str = "checkpoint", progress: bool = False):
+                   rope_periods: str = "checkpoint", pos_interp: str | None = None, progress: bool = False):
     """An `onnxruntime.InferenceSession` for (model, stride, H, W), for benchmarks and tools.
 
     Args:
@@ -343,6 +343,8 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
         layer, facet, saliency: the outputs (layer may be a list).
         optimize: the ORT transformer-fused graph (fp32) instead of the plain one.
         rope_periods: RoPE models loaded by name: "checkpoint" | "recompute" (`dinofeat.export.model.ROPE_PERIODS`).
+        pos_interp: learned position tables, models loaded by name: None (the zoo's) | "offset" | "size" |
+            "antialias" (`dinofeat.export.model.POS_INTERP`).
 
     Returns:
         ``(session, input_name, output_names)``; feed ``{input_name: (B, 3, H, W) float32 array}``.
@@ -358,7 +360,7 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
 
         spec = get_model_spec(model)
         loaded = load_weights(spec, weights, progress=progress)
-        vit = build_vit(spec, stride, loaded, rope_periods)
+        vit = build_vit(spec, stride, loaded, rope_periods, pos_interp)
         weights_id = loaded.sha256
     layers = check_request(vit.spec, layer, facet)
     request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))

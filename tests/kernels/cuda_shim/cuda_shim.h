@@ -66,8 +66,13 @@ inline T __shfl_xor_sync(unsigned int /*mask*/, T v, int lane_mask) {
   return out;
 }
 
+namespace cuda_shim {
+inline std::atomic<unsigned long long> g_atomic_max_calls{0};  // atomicMax calls since the last reset (any memory)
+}  // namespace cuda_shim
+
 template <class T>
 inline T shim_atomic_max(T* address, T val) {
+  ::cuda_shim::g_atomic_max_calls.fetch_add(1, std::memory_order_relaxed);
   std::atomic_ref<T> ref(*address);
   T old = ref.load();
   while (old < val && !ref.compare_exchange_weak(old, val)) {

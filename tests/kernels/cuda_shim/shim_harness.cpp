@@ -130,6 +130,9 @@ int df_bbb_fused(const i64* geom, const float* g0, const float* g1, const float*
   return 0;
 }
 
+// atomicMax calls (shared and global memory) since the previous call of this function.
+unsigned long long df_atomic_max_calls() { return cuda_shim::g_atomic_max_calls.exchange(0); }
+
 // Host-side checks of the shared headers.
 unsigned long long df_pack_key(float v, unsigned int idx) { return dinofeat::pack_key(v, idx); }
 unsigned short df_float_to_half(float v) { return dinofeat::float_to_half_bits(v); }
