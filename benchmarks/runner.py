@@ -96,9 +96,7 @@ class Config:
 
 
 def _default_out() -> Path:
-    here = Path(__file__).resolve().parent
-    if (here.parent / "pyproject.toml").is_file() and os.access(here, os.W_OK):
-        return here / "results"
+    """Under the current directory, never inside the installed (or checked-out) package."""
     return Path.cwd() / "dinofeat-bench-results"
 
 

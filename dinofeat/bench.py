@@ -53,17 +53,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run the whole per-row loop (about 28 minutes at 224 on 2 cores)")
 
     g = parser.add_argument_group("model and inputs")
-    g.add_argument("--model", default="dino_vits8")
-    g.add_argument("--stride", type=int, default=4)
+    g.add_argument("--model", default="dino_vits8", help="zoo name")
+    g.add_argument("--stride", type=int, default=4, help="patch-embedding stride")
     g.add_argument("--weights", default=None,
                    help="checkpoint file; default: deterministic weights (no download; timing does not depend on "
                         "the values)")
     g.add_argument("--image1", default=None, help="first image (default: examples/img_a.png)")
     g.add_argument("--image2", default=None, help="second image (default: examples/img_b.png)")
-    g.add_argument("--layer", type=int, default=9)
-    g.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
-    g.add_argument("--num-pairs", type=int, default=10)
-    g.add_argument("--thresh", type=float, default=0.05)
+    g.add_argument("--layer", type=int, default=9, help="block of the descriptor facet")
+    g.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
+    g.add_argument("--num-pairs", type=int, default=10, help="correspondences per pair")
+    g.add_argument("--thresh", type=float, default=0.05, help="saliency threshold of the foreground")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
 
@@ -77,7 +77,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tiny smoke configuration (load sizes 40 and 56, few repeats, whole baseline loop)")
 
     g = parser.add_argument_group("output")
-    g.add_argument("--out", default=None, help="output directory (default: benchmarks/results)")
+    g.add_argument("--out", default=None, help="output directory (default: ./dinofeat-bench-results, under the current directory; the project's "
+                        "committed figures: --out benchmarks/results)")
     g.add_argument("--tag", default="bench", help="file stem of the outputs: TAG.json, TAG.md, TAG_*.png")
     g.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -162,10 +163,12 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def latency_main(args) -> int:
+    from .cli import resolve_stride
     from .config import ExtractorConfig, MatchConfig
     from .stream import latency as L
 
     L.check_run_args(args.rate, args.frames, args.max_seconds, args.input, args.compare)  # before the model
+    resolve_stride(args)
     weights = args.weights
     if weights is None:
         from .testing import deterministic_weights

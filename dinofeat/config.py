@@ -27,8 +27,9 @@ def check_match_args(num_pairs, thresh) -> tuple[int, float]:
         thresh = float(thresh)
     except (TypeError, ValueError):
         raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
-    if math.isnan(thresh):
-        raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
+    if math.isnan(thresh) or not 0.0 <= thresh <= 1.0:
+        raise InputError(f"thresh={thresh}: expected a number in [0, 1] (saliency threshold, default 0.05; saliency "
+                         "is normalised to [0, 1])")
     return int(num_pairs), thresh
 
 
@@ -76,7 +77,8 @@ class ExtractorConfig(_FromObject):
     """How images become descriptors: the arguments of `Extractor(...)` plus the preprocessing size."""
 
     model: str = "dino_vits8"  # zoo name (`dinofeat weights list`)
-    stride: int | None = 4  # patch-embedding stride, must divide the patch size; None: the patch size
+    stride: int | str | None = "auto"  # patch-embedding stride dividing the patch size; "auto": half the patch
+    # (the method's 4 for dino_vits8, 7 for dinov2_vits14); None: the patch size (no overlap)
     weights: object = None  # None: the official file (cached download); a path or a state dict
     backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
     device: object = "auto"  # auto | cpu | cuda[:N] | a torch.device
@@ -86,8 +88,8 @@ class ExtractorConfig(_FromObject):
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise InputError(f"model={self.model!r}: expected a zoo name such as 'dino_vits8'")
-        if self.stride is not None and not (_is_int(self.stride) and self.stride >= 1):
-            raise InputError(f"stride={self.stride!r}: expected an int >= 1 dividing the patch size, or None")
+        if self.stride not in (None, "auto") and not (_is_int(self.stride) and self.stride >= 1):
+            raise InputError(f"stride={self.stride!r}: expected an int >= 1 dividing the patch size, 'auto' or None")
         if not isinstance(self.backend, str):
             raise InputError(f"backend={self.backend!r}: expected auto, torch, onnxruntime or tensorrt")
         _check_choice("precision", self.precision, MODEL_PRECISIONS)

@@ -101,7 +101,10 @@ def select_pairs(desc1: np.ndarray, desc2_of_bb: np.ndarray, scores: np.ndarray,
         length = np.sqrt((together**2).sum(axis=1))[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             normalized = together / length
-        labels = KMeans(n_clusters=k, random_state=0).fit(normalized).labels_
+        from . import progress as status
+
+        with status.captured_warnings(f"scikit-learn k-means ({n} best buddies, k={k})"):
+            labels = KMeans(n_clusters=k, random_state=0).fit(normalized).labels_
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise InputError(f"kmeans_labels: expected shape ({n},), got {labels.shape}")
@@ -191,14 +194,19 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     num_pairs, thresh = check_match_args(num_pairs, thresh)
     ex = extractor or Extractor(model=model, stride=stride, weights=weights, backend=backend, device=device,
                                 precision=precision, progress=progress)
+    from . import progress as status
+
     views = []
     for name, image in (("image1", image1), ("image2", image2)):
         batch, pil = ex.preprocess(image, load_size, name=name)
-        f = ex.extract(batch, layer=layer, facet=facet, bin=False, saliency=True)
+        with status.step(f"forward of {name} ({batch.shape[-2]}x{batch.shape[-1]} pixels, {ex.spec.name} stride "
+                         f"{ex.stride}, {ex.backend.name})"):
+            f = ex.extract(batch, layer=layer, facet=facet, bin=False, saliency=True)
         views.append(view_of(f, 0, layer, pil))
-    return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
-                       patch_size=ex.patch_size, match_precision=match_precision, kmeans_labels=kmeans_labels,
-                       exact_gemm=exact_gemm)
+    with status.step("matching (Best Buddies" + (", log-binned" if bin else "") + ")"):
+        return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
+                           patch_size=ex.patch_size, match_precision=match_precision, kmeans_labels=kmeans_labels,
+                           exact_gemm=exact_gemm)
 
 
 @dataclass

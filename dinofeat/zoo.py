@@ -48,6 +48,11 @@ class ModelSpec:
         return self.embed_dim // self.num_heads
 
     @property
+    def default_stride(self) -> int:
+        """The method's stride: half the patch (4 for the /8 models, 7 for /14, 8 for /16); the CLI's default."""
+        return self.patch_size // 2
+
+    @property
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_register_tokens
 

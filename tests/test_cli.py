@@ -58,7 +58,7 @@ def test_extract_writes_descriptors(tmp_path, vits8_weights_file, suffix):
      (["match", EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", "-o", "x.gif"], "expected a file ending in .png"),
      (["extract", EXAMPLES / "img_a.png", "-o", "x.txt"], "expected a file ending in .npz or .safetensors"),
      (["match", EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", "--stride", "3", "--weights", "W"],
-      "stride=3 must be a positive int dividing"),
+      "--stride 3 must be a positive int dividing"),
      (["match", EXAMPLES / "img_a.png", EXAMPLES / "img_b.png", "--model", "vit_huge"], "not in the model zoo")],
 )
 def test_bad_arguments_give_one_clear_line(tmp_path, args, message):

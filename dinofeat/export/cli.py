@@ -43,7 +43,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic", action="store_true", help="one graph for every input H, W >= the patch size "
                    "(position table / RoPE computed in the graph from the input size)")
     p.add_argument("--layer", type=int, nargs="+", default=[9], help="block(s) whose facet to output (default 9)")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     p.add_argument("--saliency", action="store_true", help="also output the saliency row (last block CLS attention)")
     p.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
                    "official file, downloaded if missing")
@@ -78,7 +78,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="learned position tables: resample as Meta's DINOv2 (offset), Hugging Face transformers "
                         "(size) or Meta's DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
 def export_main(args) -> int:

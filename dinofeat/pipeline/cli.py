@@ -143,8 +143,9 @@ def batch_main(args) -> int:
     total = len(kept) + len(pairs)
     stats = matcher.store.stats
     print(f"{total} pairs: {total - failed} succeeded ({len(kept)} kept from before), {failed} failed; "
-          f"written to {args.out}; {matcher.forwards} images extracted ({stats['disk_hits']} from the feature "
-          f"store on disk)")
+          f"written to {args.out}; {matcher.forwards} images through the ViT; feature store: "
+          f"{stats['memory_hits'] + stats['disk_hits']} hits ({stats['disk_hits']} from disk), {stats['misses']} "
+          "misses")
     return 1 if failed else 0
 
 

@@ -108,7 +108,7 @@ class Matcher:
         """Unbinned facet descriptors (1, T, C), saliency (1, T), grid and resized `image` of one image (cached), on
         the backend's device whatever their source (forward, memory or disk)."""
         key = self.key(image)
-        f = self._lookup(key)
+        f, _ = self._lookup(key)
         if f is None:
             batch, pil = self._decode(image, "image")
             f = self._forward([batch], [pil])[0]
@@ -181,9 +181,9 @@ class Matcher:
         """Worker-thread step: key, store lookup, else decode + resize. Never raises (errors are returned)."""
         try:
             key = self.key(image, name)
-            f = self._lookup(key)
+            f, where = self._lookup(key, count=False)  # counted once the window is done (`_count_lookups`)
             if f is not None:
-                return {"key": key, "features": f}
+                return {"key": key, "features": f, "where": where}
             with self._lock:
                 decoded = self._decoded.get(key)
             if decoded is None:  # not decoded by an earlier pair of this or the next window
@@ -215,9 +215,9 @@ class Matcher:
                     todo[prep["key"]] = prep
         by_size: dict[tuple, list[str]] = {}
         for key, prep in todo.items():
-            f = self._lookup(key)  # extracted since this image was prepared (an earlier window)
+            f, where = self._lookup(key, count=False)  # extracted since this image was prepared (an earlier window)
             if f is not None:
-                prep["features"] = f
+                prep["features"], prep["where"] = f, where
             else:
                 by_size.setdefault(tuple(prep["batch"].shape[-2:]), []).append(key)
         for keys in by_size.values():
@@ -229,6 +229,22 @@ class Matcher:
                 self._decoded.pop(key, None)
         for job in chunk:  # share the extracted features with every job that prepared the same image
             job["images"] = tuple(todo.get(p.get("key"), p) if "batch" in p else p for p in job["images"])
+        self._count_lookups(chunk, {k for keys in by_size.values() for k in keys})
+
+    def _count_lookups(self, chunk: list[dict], forwarded: set[str]) -> None:
+        """One store outcome per image of each pair: the first use of an image forwarded in this window is the
+        miss, its other uses memory hits; images found in the store count as the hit they were."""
+        counted: set[str] = set()
+        for job in chunk:
+            for prep in job["images"]:
+                key = prep.get("key")
+                if key is None:
+                    continue
+                if key in forwarded:
+                    self.store.count("memory" if key in counted else "miss")
+                    counted.add(key)
+                elif "where" in prep:
+                    self.store.count(prep["where"])
 
     def _extract_group(self, group: list[dict]) -> None:
         t0 = time.perf_counter()
@@ -268,16 +284,19 @@ class Matcher:
             self.stage_seconds["forward"] += time.perf_counter() - t0
         return out
 
-    def _lookup(self, key: str) -> Features | None:
+    def _lookup(self, key: str, *, count: bool = True) -> tuple[Features | None, str]:
         """The store's entry of `key` on the backend's device (a disk hit is read to the CPU: it is moved once and
-        kept in memory there), or None."""
-        f = self.store.get(key)
+        kept in memory there), or None; and where it was found ("memory" | "disk" | "miss"). `count`: record the
+        outcome in the store's stats now (the batch path counts per image once a window is done)."""
+        f, where = self.store.lookup(key)
+        if count:
+            self.store.count(where)
         if f is None:
-            return None
+            return None, where
         placed = self._placed(f)
         if placed is not f:
             self.store.put(key, placed, write=False)
-        return placed
+        return placed, where
 
     def _placed(self, f: Features) -> Features:
         """`f` with every tensor on the backend's device (`f` itself when they are there already)."""

@@ -109,19 +109,31 @@ class FeatureStore:
         return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.safetensors"
 
     def get(self, key: str) -> Features | None:
-        """The entry of `key` from memory, else from disk (verified; then kept in memory), else None."""
+        """The entry of `key` from memory, else from disk (verified; then kept in memory), else None; counted in
+        `stats` (memory_hits / disk_hits / misses)."""
+        f, where = self.lookup(key)
+        self.count(where)
+        return f
+
+    def lookup(self, key: str) -> tuple[Features | None, str]:
+        """`get` without counting: (features or None, "memory" | "disk" | "miss"); the caller counts the outcome
+        with `count` once per image it serves (a batch pipeline that looks an image up twice, or serves one
+        forward to several pairs, counts what each pair got)."""
         with self._lock:
             hit = self._lru.get(key)
             if hit is not None:
                 self._lru.move_to_end(key)
-                self.stats["memory_hits"] += 1
-                return hit[0]
+                return hit[0], "memory"
         f = self._read(key)
-        with self._lock:
-            self.stats["disk_hits" if f is not None else "misses"] += 1
         if f is not None:
             self._remember(key, f)
-        return f
+        return f, "disk" if f is not None else "miss"
+
+    def count(self, where: str) -> None:
+        """Record one lookup outcome: "memory" | "disk" (hits) or "miss"."""
+        name = {"memory": "memory_hits", "disk": "disk_hits", "miss": "misses"}[where]
+        with self._lock:
+            self.stats[name] += 1
 
     def put(self, key: str, f: Features, *, write: bool = True) -> None:
         """Keep `f` (B = 1, unbinned, `image` set) in memory and, with cache_dir and `write`, on disk."""

@@ -34,6 +34,7 @@ def test_pca_coseg_parts_cli(tmp_path, capsys, vits8_weights_file):
                         "--save", str(tmp_path / "coseg.npz"), *common)
     assert code == 0, out
     assert (tmp_path / "coseg" / "img_a_coseg.png").is_file() and (tmp_path / "coseg" / "img_b_mask.png").is_file()
+    assert "img_a: the mask covers" in out and "img_b: the mask covers" in out, out  # coverage of every image
     with np.load(tmp_path / "coseg.npz") as z:
         assert z["mask_0"].shape == (32, 48) and z["mask_0"].dtype == bool and z["grid_mask_1"].shape == (7, 7)
     # --thresh 2: no cluster's mean saliency (in [0, 1]) can win a vote, so every image is all background

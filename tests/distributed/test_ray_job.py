@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from testutil import GOLDEN
+from testutil import EXAMPLES
+
+pytestmark = pytest.mark.integration  # a local Ray cluster: heavy, run by `pytest -m integration`
 
 LOAD = 32  # small load size: the whole job stays quick on 2 cores
 
@@ -25,7 +27,7 @@ def ray_cluster():
 
 
 def _images(tmp_path) -> list[str]:
-    a, b = Image.open(GOLDEN / "img_a.png").convert("RGB"), Image.open(GOLDEN / "img_b.png").convert("RGB")
+    a, b = Image.open(EXAMPLES / "img_a.png").convert("RGB"), Image.open(EXAMPLES / "img_b.png").convert("RGB")
     made = {"a.png": a, "b.png": b, "a_mirror.png": ImageOps.mirror(a), "b_crop.png": b.crop((40, 60, 400, 380)),
             "a_small.png": a.resize((150, 100))}
     paths = []

@@ -264,6 +264,7 @@ def test_hugging_face(zoo, vit, prefix, v5):
     assert_same(to_native(spec, hf), sd)
 
 
+@pytest.mark.integration  # imports transformers (heavy): `pytest -m integration`
 def test_real_transformers_roundtrip(tmp_path):
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file

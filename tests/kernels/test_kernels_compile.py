@@ -28,6 +28,7 @@ def test_name_expressions_cover_sources():
     assert covered == set(cuda.SOURCES) == set(SOURCES)
 
 
+@pytest.mark.integration  # ~35 s of nvcc on 2 cores: `pytest -m integration`
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_nvcc_compiles_all_archs(source, tmp_path):
     nvcc = shutil.which("nvcc")
@@ -76,6 +77,7 @@ def test_assembled_source_is_self_contained():
     assert options == cuda.OPTIONS and len(names) == len(set(names))
 
 
+@pytest.mark.integration  # CuPy + NVRTC come with the [integration] extra (or [gpu])
 @pytest.mark.parametrize("arch", [75, 90, 120])
 def test_nvrtc_compiles_like_rawmodule(arch):
     compiler, nvrtc, version = _nvrtc()

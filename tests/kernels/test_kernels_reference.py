@@ -90,7 +90,7 @@ PAIR = GOLDEN / "golden_pair_ab_224_t0.05.npz"
 @pytest.fixture(scope="module")
 def golden():
     if not PAIR.exists():
-        pytest.skip(f"goldens not found at {GOLDEN}")
+        pytest.skip(f"golden files not found at {GOLDEN} (set DINOFEAT_GOLDEN)")
     pair = np.load(PAIR)
     binned = []
     for k, name in ((1, "golden_img_a_224.npz"), (2, "golden_img_b_224.npz")):

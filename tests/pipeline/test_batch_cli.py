@@ -47,7 +47,8 @@ def test_pairs_csv_errors_then_resume(tmp_path, gallery, vits8_weights_file, cap
                           text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "3 pairs: 2 succeeded (0 kept from before), 1 failed" in proc.stdout
-    assert "3 images extracted" in proc.stdout
+    # 5 images of the 3 pairs (late.png is missing): c1, c2, c3 through the ViT once each, c1 and c2 reused
+    assert "3 images through the ViT; feature store: 2 hits (0 from disk), 3 misses" in proc.stdout, proc.stdout
     table = pq.read_table(out)
     assert table.schema.names == list(COLUMNS) and table.schema.equals(RESULT_SCHEMA)
     rows = table.to_pylist()
@@ -64,13 +65,14 @@ def test_pairs_csv_errors_then_resume(tmp_path, gallery, vits8_weights_file, cap
     assert main(["match", *args[1:], "--resume"]) == 0
     text = capsys.readouterr().out
     assert "3 pairs: 3 succeeded (2 kept from before), 0 failed" in text
-    assert "1 images extracted" in text  # only late.png: c2.png comes from the feature store
+    # only late.png: c2.png comes from the feature store on disk
+    assert "1 images through the ViT; feature store: 1 hits (1 from disk), 1 misses" in text, text
     rows2 = pq.read_table(out).to_pylist()
     assert len(rows2) == 3 and all(r["error"] is None for r in rows2)
     assert {(r["image1"], r["image2"]) for r in rows2} == {(r["image1"], r["image2"]) for r in rows}
     assert rows2[0] == ok  # kept as it was
     assert main(["match", *args[1:], "--resume"]) == 0  # nothing left to do
-    assert "0 images extracted" in capsys.readouterr().out
+    assert "0 images through the ViT" in capsys.readouterr().out
 
 
 def test_all_pairs_and_one_to_many(tmp_path, gallery, vits8_weights_file, capsys):
@@ -95,7 +97,7 @@ def test_all_pairs_and_one_to_many(tmp_path, gallery, vits8_weights_file, capsys
      (["--pairs", "{bad_csv}", "--out", "r.parquet"], "line 1: expected two image paths"),
      (["{gallery}", "--all-pairs"], "expected a file ending in .parquet"),
      (["{gallery}/c1.png", "--all-pairs", "--out", "r.parquet"], "not a directory"),
-     (["--pairs", "{csv}", "--out", "r.parquet", "--batch-size", "0"], "batch_size=0"),
+     (["--pairs", "{csv}", "--out", "r.parquet", "--batch-size", "0"], "--batch-size 0: expected"),
      (["{gallery}/c1.png", "{gallery}/c2.png", "--resume"], "--out/--resume: only with")],
 )
 def test_bad_arguments_exit_2(tmp_path, gallery, vits8_weights_file, capsys, args, message):

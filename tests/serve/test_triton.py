@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from testutil import GOLDEN
+from testutil import EXAMPLES
 
 from dinofeat.errors import BackendUnavailableError, InputError
 from dinofeat.serve import pbtxt, repository
 from dinofeat.serve.repository import RepositoryOptions
+
+pytestmark = pytest.mark.integration  # a real Triton server: heavy, run by `pytest -m integration`
 
 SIZE = 64  # small repository size: the server test stays quick on 2 cores
 
@@ -91,7 +93,7 @@ def test_served_pair_equals_find_correspondences(tmp_path, vits8_weights_file, s
     from dinofeat.serve import Client, TritonServer
     repo = repository.write_repository(tmp_path / "repo", RepositoryOptions(
         weights=str(vits8_weights_file), backend="python", height=SIZE, width=SIZE, max_batch=4))
-    a, b = GOLDEN / "img_a.png", GOLDEN / "img_b.png"
+    a, b = EXAMPLES / "img_a.png", EXAMPLES / "img_b.png"
     ref = dinofeat.find_correspondences(a, b, load_size=(SIZE, SIZE), weights=str(vits8_weights_file),
                                         backend="torch", device="cpu")
     with TritonServer(repo) as server:
@@ -150,4 +152,4 @@ def test_onnxruntime_repository_serves_every_size(tmp_path, vits8_weights_file, 
             assert rel_err(res.as_numpy("saliency"), rs.numpy()) < 1e-4, (h, w)
         client.close()
         with Client(server.http_url) as pair:
-            assert len(pair.match(GOLDEN / "img_a.png", GOLDEN / "img_b.png")) > 0
+            assert len(pair.match(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png")) > 0

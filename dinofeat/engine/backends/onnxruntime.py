@@ -221,9 +221,38 @@ class OnnxRuntimeBackend:
         self.max_batch = int(max_batch)
         self.progress = progress
         self._sessions: dict[tuple, _Session] = {}
+        self._files: dict[tuple, str] = {}  # (H, W, outputs) -> exported graph given by the user (`add_graph`)
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeBackend(device={str(self.device)!r}, precision={self.precision!r})"
+
+    def add_graph(self, path, *, flag: str = "onnx") -> tuple[int, int, tuple[str, ...]]:
+        """Run the graph exported to `path` (`dinofeat export`) for its input size and outputs instead of exporting
+        one. It must come from this model, stride and weights (its `dinofeat.*` metadata); returns (H, W, outputs).
+        Once any graph is given, a size / output set without one is an InputError (no silent export)."""
+        from pathlib import Path
+
+        file = Path(path)
+        if not file.is_file():
+            raise InputError(f"{flag}={str(path)!r}: file not found; write one with `dinofeat export ... -o FILE`")
+        try:
+            meta = self.ort.InferenceSession(str(file), providers=["CPUExecutionProvider"]) \
+                .get_modelmeta().custom_metadata_map
+        except Exception as exc:  # noqa: BLE001 - any load failure is the file's
+            raise InputError(f"{flag}={str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {exc})") \
+                from None
+        want = {"dinofeat.model": self.model.spec.name, "dinofeat.stride": str(self.model.stride),
+                "dinofeat.weights_sha256": self.weights_id}
+        got = {k: meta.get(k) for k in want}
+        if got != want:
+            raise InputError(f"{flag}={str(path)!r} was exported for {got['dinofeat.model']} stride "
+                             f"{got['dinofeat.stride']} (weights sha256 {str(got['dinofeat.weights_sha256'])[:12]}), "
+                             f"but this run uses {want['dinofeat.model']} stride {want['dinofeat.stride']} (weights "
+                             f"sha256 {self.weights_id[:12]}); export it again with the same model, stride and "
+                             "weights")
+        key = (int(meta["dinofeat.height"]), int(meta["dinofeat.width"]), tuple(meta["dinofeat.outputs"].split(",")))
+        self._files[key] = str(file)
+        return key
 
     # ------------------------------------------------------------------------------------------------------
     def session_for(self, height: int, width: int, request: Request) -> _Session:
@@ -242,10 +271,22 @@ class OnnxRuntimeBackend:
         trt_first = _provider_name(providers[0]) == "TensorrtExecutionProvider"
         graph_precision = "fp16" if self.precision == "fp16" else "fp32"
         variant = "ort" if (self.optimize and not trt_first and graph_precision == "fp32") else "plain"
-        path = _graph(self.model, request, height, width, graph_precision, self.weights_id, variant,
-                      self.cache_dir, self.progress)
-        so = session_options(self.threads, gpu=_on_gpu(providers))
-        session = self.ort.InferenceSession(str(path), so, providers=providers)
+        from ... import progress as status
+
+        given = self._files.get((height, width, tuple(request.output_names())))
+        if self._files and given is None:
+            have = "; ".join(f"{h}x{w} {','.join(o)}" for h, w, o in self._files)
+            raise InputError(f"onnx: no given graph has input {height}x{width} with outputs "
+                             f"{','.join(request.output_names())} (given: {have}); export one with `dinofeat export "
+                             f"--model {self.model.spec.name} --stride {self.model.stride} --size {height}x{width} ...`")
+        what = f"the given graph {given}" if given else (
+            f"the ONNX graph for {height}x{width} ({variant}, {graph_precision}; exported and checked once, then "
+            "cached)")
+        with status.step(f"{what} and its ONNX Runtime session"):
+            path = given or _graph(self.model, request, height, width, graph_precision, self.weights_id, variant,
+                                   self.cache_dir, self.progress)
+            so = session_options(self.threads, gpu=_on_gpu(providers))
+            session = self.ort.InferenceSession(str(path), so, providers=providers)
         _warn_on_fallback(session, providers)
         on_gpu = session.get_providers()[0] != "CPUExecutionProvider"
         names = [o.name for o in session.get_outputs()]
