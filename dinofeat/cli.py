@@ -11,7 +11,17 @@ from .errors import DinofeatError
 EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (`dinofeat weights download`)."
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_match_arguments(p: argparse.ArgumentParser) -> None:
+    """The matching flags of `dinofeat match` (also `dinofeat replay`)."""
+    p.add_argument("--num-pairs", type=int, default=10)
+    p.add_argument("--layer", type=int, default=9)
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
+    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model flags of every command that runs the ViT (--model, --stride, --weights, ..., --load-size)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`), default dino_vits8")
     g.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
@@ -24,7 +34,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 
-def _precheck(args, layer) -> None:
+_add_model_args = add_model_arguments  # the former name (modules written before it was public)
+
+
+def precheck(args, layer) -> None:
     """Arguments the model would reject, checked before it is loaded (seconds) or downloaded."""
     from .engine.preprocess import check_load_size
     from .export.model import check_request
@@ -64,7 +77,7 @@ def cmd_match(args) -> int:
     if args.save:
         _check_suffix(args.save, (".npz",), "--save")
     check_match_args(args.num_pairs, args.thresh)
-    _precheck(args, args.layer)
+    precheck(args, args.layer)
     _check_images((("IMG1", args.img1), ("IMG2", args.img2)))
     with tqdm(total=2, desc="dinofeat match", unit="step", disable=_no_bar(args)) as bar:
         bar.set_postfix_str("loading model")
@@ -92,7 +105,7 @@ def cmd_extract(args) -> int:
     from tqdm import tqdm
 
     _check_suffix(args.output, (".npz", ".safetensors"), "-o/--output")
-    _precheck(args, list(args.layer))
+    precheck(args, list(args.layer))
     _check_images(("IMG", path) for path in args.images)
     ex = _extractor(args)
     tensors = {}
@@ -209,15 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(--pairs, --all-pairs, QUERY DIR) into a Parquet file", epilog=EPILOG)
     p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY")
     p.add_argument("img2", nargs="?", metavar="IMG2|DIR")
-    p.add_argument("--num-pairs", type=int, default=10)
-    p.add_argument("--layer", type=int, default=9)
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
-    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
-    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    add_match_arguments(p)
     p.add_argument("-o", "--output", default="matches.png", help="PNG with the pairs drawn (default matches.png)")
     p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
     p.add_argument("-q", "--quiet", action="store_true")
-    _add_model_args(p)
+    add_model_arguments(p)
     from .pipeline.cli import add_batch_arguments
 
     add_batch_arguments(p)
@@ -234,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency", action="store_true", help="also save the saliency map")
     p.add_argument("-o", "--output", required=True, help="out.npz or out.safetensors")
     p.add_argument("-q", "--quiet", action="store_true")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("weights", help="list, download or verify checkpoints")
@@ -259,6 +268,9 @@ OPTIONAL_COMMANDS = (
     ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),
     ("eval", ".apps.cli", "add_eval_arguments", "eval_main", "PCK evaluation (SPair-71k)"),
     ("serve", ".serve.cli", "add_serve_arguments", "serve_main", "Triton model repository and server"),
+    ("replay", ".robotics.cli", "add_replay_arguments", "replay_main",
+     "match every frame of a ROS bag's image topic to a reference (Parquet or MCAP out)"),
+    ("ros2", ".robotics.cli", "add_ros2_arguments", "ros2_main", "the ROS 2 node (needs rclpy: the [ros2] extra)"),
 )
 
 
