@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from . import kernels
+from .config import check_match_args
 from .errors import InputError
 
 
@@ -198,19 +199,6 @@ def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, lay
     return match_views(views[0], views[1], num_pairs=num_pairs, bin=bin, thresh=thresh, stride=ex.stride,
                        patch_size=ex.patch_size, match_precision=match_precision, kmeans_labels=kmeans_labels,
                        exact_gemm=exact_gemm)
-
-
-def check_match_args(num_pairs, thresh) -> tuple[int, float]:
-    """Validate `num_pairs` (int >= 1) and `thresh` (a number, not NaN); returns them normalised."""
-    if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 1:
-        raise InputError(f"num_pairs={num_pairs!r}: expected an int >= 1")
-    try:
-        thresh = float(thresh)
-    except (TypeError, ValueError):
-        raise InputError(f"thresh={thresh!r}: expected a number (saliency threshold, default 0.05)") from None
-    if np.isnan(thresh):
-        raise InputError("thresh=nan: expected a number (saliency threshold, default 0.05)")
-    return int(num_pairs), thresh
 
 
 @dataclass
