@@ -158,3 +158,28 @@ def write_image_bag(path, frames: Iterable, topic: str = "/camera/image_raw", *,
         inner.replace(path)
         shutil.rmtree(target.parent)
     return path
+
+
+def read_frames(bag, topic: str | None = None) -> Iterator[tuple[int, object, str]]:
+    """(stamp_ns, frame, encoding) of each message of an image topic, decoded (`BagFrame.decode`), in bag order.
+
+    `topic` None: the bag's only Image / CompressedImage topic (`InputError` naming them when there are several).
+    """
+    if topic is None:
+        topic = only_image_topic(bag)
+    for f in bag_frames(bag, topic):
+        image, encoding = f.decode()
+        yield f.stamp_ns, image, encoding
+
+
+def only_image_topic(bag) -> str:
+    """The one Image / CompressedImage topic of `bag` (`InputError` when there is none or several)."""
+    _rosbags()
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([check_bag_path(bag)]) as reader:
+        topics = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES + COMPRESSED_TYPES})
+    if len(topics) != 1:
+        raise InputError(f"BAG {str(bag)!r}: {len(topics)} image topics ({', '.join(topics) or 'none'}); name one "
+                         "with --topic")
+    return topics[0]

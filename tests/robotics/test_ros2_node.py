@@ -77,15 +77,16 @@ def test_node_publishes_correspondences_with_the_input_header_and_exits_cleanly(
     finally:
         if node.poll() is None:
             node.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
         try:
-            rc = node.wait(timeout=30)
+            rc = node.wait(timeout=60)  # the worker finishes the frame it is matching first
         except subprocess.TimeoutExpired:
             node.kill()
-            rc = "killed after 30 s"
+            rc = "killed 60 s after SIGINT"
         log.close()
     text = (tmp_path / "node.log").read_text()
-    assert rc == 0, text
     got = json.loads((tmp_path / "got.json").read_text())
+    assert rc == 0, (text, f"{time.monotonic() - t0:.1f} s", got["published"], len(got["clouds"]))
     clouds = {c["stamp"]: c for c in got["clouds"]}
     assert set(clouds) == set(stamps.tolist()), (got["published"], text)
 
