@@ -273,7 +273,7 @@ def real_weights(tmp_path_factory):
 @pytest.mark.parametrize("name", ["astronaut", "coffee"])
 def test_real_weights_follow_the_homography(real_weights, name, tmp_path):
     """Real DINOv2 ViT-S/14: the replayed correspondences of each warped frame land where its known homography
-    sends the reference point (input pixels), within one patch."""
+    sends the reference point (input pixels): median error under one stride, 90% under one patch."""
     seq, hs = scenes.warped_sequence(scenes.photos()[name], 4)
     bag = write_image_bag(tmp_path / "cam.mcap", list(zip(stamps(4), seq, ["rgb8"] * 4, strict=True)), TOPIC)
     ec = ExtractorConfig(model="dinov2_vits14", stride=7, weights=str(real_weights), backend="torch", device="cpu")
@@ -286,10 +286,12 @@ def test_real_weights_follow_the_homography(real_weights, name, tmp_path):
         clouds = [m for _, ch, _, m in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages()
                   if ch.topic == "/dinofeat/correspondences"]
     assert len(clouds) == 3
-    patch = 14 * seq[0].shape[0] / 224  # one patch in input pixels
+    patch = 14 * seq[0].shape[0] / 224  # one patch in input pixels (25 px for coffee, 32 px for astronaut)
+    step = 7 * seq[0].shape[0] / 224  # one stride: the grid the points lie on
     for k, cloud in enumerate(clouds, start=1):
         pts = np.frombuffer(bytes(cloud.data), dtype="<f4").reshape(-1, 5)
         assert len(pts) >= 10
         err = np.linalg.norm(scenes.apply(hs[k], pts[:, [1, 0]]) - pts[:, [3, 2]], axis=1)
-        assert np.median(err) < patch, (k, np.round(err, 1))
-        assert np.mean(err < 2 * patch) >= 0.8, (k, np.round(err, 1))
+        # measured: median 4.9-6.6 px, 90th percentile 8.5-13.3 px (docs/robotics.md)
+        assert np.median(err) < step, (k, np.round(err, 1))
+        assert np.percentile(err, 90) < patch, (k, np.round(err, 1))
