@@ -15,7 +15,7 @@ from dinofeat.robotics.node_core import NodeCore
 from dinofeat.robotics.params import node_settings
 from dinofeat.robotics.pointcloud import read_cloud
 
-LOAD = 64
+LOAD = 40
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def msg(frame, k, encoding="rgb8"):
 
 
 def core(extractor, **params):
-    ec, mc, node = node_settings({"load_size": LOAD, "num_pairs": 5, **params})
+    ec, mc, node = node_settings({"load_size": LOAD, "num_pairs": 5, "bin": False, **params})  # cheap: 40 px
     return NodeCore(ec, mc, node, extractor=extractor)
 
 

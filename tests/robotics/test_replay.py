@@ -1,6 +1,6 @@
 """`dinofeat replay`: bags written with rosbags' writers from real photos warped by known homographies.
 
-Deterministic weights (the golden rule's dino_vits8, load size 96) give the structural checks: every replay row
+Deterministic weights (the golden rule's dino_vits8, load size 64) give the structural checks: every replay row
 equals `find_correspondences` / `dinofeat match` on the same two images (points, similarities, best-buddy count),
 frames identical to the reference match to themselves, the reference policies, resume, the MCAP layout (read back
 by the MCAP project's own reader), every bag kind, bad input. `test_real_weights_follow_the_homography` checks the
@@ -30,7 +30,7 @@ from dinofeat.robotics.bag import bag_frames, write_image_bag  # noqa: E402
 from dinofeat.robotics.replay import replay  # noqa: E402
 
 TOPIC = "/camera/image_raw"
-LOAD = 96
+LOAD = 64
 T0 = 1_700_000_000_000_000_000
 
 

@@ -24,7 +24,7 @@ from testutil import ROOT
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
-LOAD = 96
+LOAD = 64
 DDS_LOCAL = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "SHM"}
 
 
@@ -107,8 +107,12 @@ def test_node_publishes_correspondences_with_the_input_header_and_exits_cleanly(
     assert got["debug"] and got["debug"][0]["encoding"] == "rgb8" and got["debug"][0]["height"] == photo.shape[0]
 
 
-def test_bad_parameter_is_one_line_and_exit_2(ros_python, tmp_path):
-    p = subprocess.run([ros_python, "-m", "dinofeat", "ros2", "run", "--ros-args", "-p", "num_pairs:=0", "-p",
-                        "device:=cpu"], capture_output=True, text=True, timeout=120, env=ros_env(), cwd=tmp_path)
+@pytest.mark.parametrize("param, message", [
+    ("num_pairs:=0", "dinofeat ros2: error: parameter num_pairs: 0: expected an int >= 1"),
+    ("load_size:=big", "dinofeat ros2: error: parameter load_size: expected a int"),
+])
+def test_bad_parameter_is_one_line_and_exit_2(ros_python, tmp_path, param, message):
+    p = subprocess.run([ros_python, "-m", "dinofeat", "ros2", "run", "--ros-args", "-p", param, "-p", "device:=cpu"],
+                       capture_output=True, text=True, timeout=120, env=ros_env(), cwd=tmp_path)
     assert p.returncode == 2, p.stdout + p.stderr
-    assert "dinofeat ros2: error: parameter num_pairs: 0: expected an int >= 1" in p.stderr
+    assert message in p.stderr and p.stderr.count("\n") == 1, p.stderr
