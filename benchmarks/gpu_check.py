@@ -15,7 +15,10 @@ still leaves what it measured):
 4. ``log_bin``: GB/s (bytes read + written) against the device-to-device copy bandwidth of the same run.
 5. ``paper_pair``: `find_correspondences` on the two example images (load 224, fp32, cuda): latency p50 / p99
    and pairs/s.
-6. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), in the time left of the budget; tests of a
+6. ``stream_latency``: `dinofeat.stream.FrameStream` over 480x640 rgb8 host frames cut from the example images
+   (keyframe + matches, load 224): per-frame latency p50 / p95 / p99 / max, jitter, cold start, fps per backend
+   (`dinofeat bench latency`'s measurement; ONNX Runtime / TensorRT skipped where not installed).
+7. ``pytest``: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), in the time left of the budget; tests of a
    package that is not installed here (tensorrt, onnxruntime-gpu) are named in DINOFEAT_ALLOW_GPU_SKIPS.
 
 Peak GPU memory (torch's allocator) is recorded per section.
@@ -41,6 +44,8 @@ BB_SIZES = ((3025, 3025, 6528), (18921, 18921, 6528))  # paper pair (224, stride
 BB_PRECISIONS = ("fp32", "bf16", "fp16")
 LOG_BIN_SHAPE = (8, 55, 55, 384)  # (B, Hp, Wp, C): 8 images of the paper setting
 PAIR_RUNS = 30
+STREAM_FRAMES = 40  # frames per stream-latency row (keyframe + warm-up match + 38 measured), <= 30 s each
+STREAM_ROWS = (("torch", "fp32"), ("torch", "fp16"), ("onnxruntime", "fp32"), ("tensorrt", "fp16"))
 BUDGET_S = 360.0  # the whole check, H100/H200 class
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +67,9 @@ def plan() -> list[tuple[str, str]]:
     b, hp, wp, c = LOG_BIN_SHAPE
     rows.append(("log_bin", f"({b}, {hp * wp}, {c}) fp32 -> 17 bins: GB/s vs device copy GB/s"))
     rows.append(("paper_pair", f"find_correspondences examples, load {LOAD}, fp32 cuda: latency p50/p99, pairs/s"))
+    for backend, precision in STREAM_ROWS:
+        rows.append(("stream_latency", f"FrameStream {backend} {precision} cuda 480x640 rgb8, load {LOAD}: latency "
+                                       "p50/p95/p99/max, jitter, cold, fps"))
     rows.append(("pytest", "pytest -m gpu: passed / failed / skipped, failing tests named"))
     rows.append(("memory", "peak GPU memory per section (torch allocator)"))
     return rows
@@ -357,6 +365,32 @@ def _paper_pair(check: Check) -> None:
               pairs=len(res.points1))
 
 
+def _stream_latency(check: Check) -> None:
+    from dinofeat.config import ExtractorConfig, MatchConfig
+    from dinofeat.errors import BackendUnavailableError
+    from dinofeat.stream.latency import measure
+    from dinofeat.testing import deterministic_weights
+
+    weights = deterministic_weights("dino_vits8")
+    for backend, precision in STREAM_ROWS:
+        name = f"FrameStream {backend} {precision} cuda 480x640 rgb8, load {LOAD}"
+        try:
+            config = ExtractorConfig(weights=weights, stride=STRIDE, backend=backend, device="cuda",
+                                     precision=precision, load_size=LOAD)
+            doc = measure(config, MatchConfig(layer=LAYER), frames=STREAM_FRAMES, frame_size=(480, 640),
+                          max_seconds=30)
+        except (BackendUnavailableError, ImportError) as e:
+            check.add("stream_latency", name, "skipped", f"not installed: {str(e).splitlines()[0]}")
+            continue
+        except Exception as e:  # noqa: BLE001 - one failing row never stops the others
+            check.add("stream_latency", name, "fail", f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            continue
+        lat, jit = doc["latency_ms"], doc["jitter_ms"]
+        check.add("stream_latency", name, "ok", p50_ms=lat["p50"], p95_ms=lat["p95"], p99_ms=lat["p99"],
+                  max_ms=lat["max"], jitter_std_ms=jit["std"], cold_ms=doc["cold_ms"], fps=doc["fps"],
+                  frames=doc["frames_in_percentiles"], peak_gpu_mb=doc.get("peak_gpu_mb"))
+
+
 def _not_installed_tests() -> list[str]:
     """GPU tests whose package is not installed here (their skips are allowed, and named)."""
     allow = []
@@ -421,7 +455,7 @@ def _pytest(check: Check) -> None:
 
 
 SECTIONS = (("doctor", _doctor), ("vit", _vit), ("best_buddies", _best_buddies), ("log_bin", _log_bin),
-            ("paper_pair", _paper_pair), ("pytest", _pytest))
+            ("paper_pair", _paper_pair), ("stream_latency", _stream_latency), ("pytest", _pytest))
 
 
 def _meta(check: Check) -> None:

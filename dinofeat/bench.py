@@ -91,3 +91,81 @@ def bench_main(args) -> int:
             f"the benchmarks package is not importable ({e}); run from a source checkout or install the wheel "
             "that ships `benchmarks` next to `dinofeat` (pip install 'dinofeat[bench]')") from None
     return main_from_args(args)
+
+
+def add_bench_command(parser: argparse.ArgumentParser) -> None:
+    """`dinofeat bench` (the arguments above) and its sub-commands (`dinofeat bench latency`)."""
+    add_bench_arguments(parser)
+    sub = parser.add_subparsers(dest="bench_command", metavar="{latency}",
+                                description="a bare `dinofeat bench` runs the stage / throughput benchmark above")
+    p = sub.add_parser("latency", help="per-frame latency percentiles of the streaming API (dinofeat.stream)")
+    add_latency_arguments(p)
+    p.set_defaults(func=latency_main)
+
+
+def add_latency_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import _add_match_args, _add_model_args  # noqa: PLC0415 - the flags of `dinofeat match`, once
+    from .stream import latency as L  # noqa: PLC0415
+
+    p.description = ("Drive the streaming API (dinofeat.stream.FrameStream) over a real image sequence: frame 0 is "
+                     "the keyframe, every later frame is matched to it. Writes DIR/latency.json (p50/p95/p99/max "
+                     "latency, jitter, cold start, fps, dropped frames, peak memory, machine load) and "
+                     "DIR/latency.png (histogram + timeline).")
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--tag", default="latency", help="file stem: DIR/TAG.json, DIR/TAG.png")
+    p.add_argument("--rate", type=float, default=0.0, metavar="HZ",
+                   help="camera rate: frames arrive every 1/HZ s, a frame arriving while busy replaces the queued "
+                        "one (dropped); 0: as fast as possible")
+    p.add_argument("--frames", type=int, default=L.DEFAULT_FRAMES, help="frames in the sequence (keyframe included)")
+    p.add_argument("--max-seconds", type=float, default=L.DEFAULT_MAX_SECONDS,
+                   help="stop the measured loop after this many seconds")
+    p.add_argument("--input", default=None, metavar="DIR|BAG",
+                   help="folder of images (sorted by name) or a bag; default: frames cut from examples/*.png")
+    p.add_argument("--topic", default=None, help="image topic of a bag --input")
+    p.add_argument("--frame-size", type=int, nargs=2, default=list(L.DEFAULT_FRAME_SIZE), metavar=("H", "W"),
+                   help="size of the frames cut from the example images")
+    p.add_argument("--previous", action="store_true", help="also match each frame to the previous one")
+    p.add_argument("--compare", action="store_true",
+                   help="also time find_correspondences(keyframe, frame) per frame (what a user would otherwise "
+                        "call; interleaved, points compared); doubles the run time")
+    _add_match_args(p)
+    p.add_argument("--no-plots", action="store_true", help="do not draw the PNG")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_model_args(p, weights_help="checkpoint file; default: deterministic weights (no download; the timing "
+                    "does not depend on the values)")
+
+
+def latency_main(args) -> int:
+    from .config import ExtractorConfig, MatchConfig
+    from .stream import latency as L
+
+    L.check_run_args(args.rate, args.frames, args.max_seconds, args.input, args.compare)  # before the model
+    weights = args.weights
+    if weights is None:
+        from .testing import deterministic_weights
+
+        weights = deterministic_weights(args.model)
+    ec = ExtractorConfig.from_object(args, weights=weights)
+    mc = MatchConfig.from_object(args, bin=not args.no_bin)
+    doc = L.measure(ec, mc, frames=args.frames, frame_size=tuple(args.frame_size), input_path=args.input,
+                    topic=args.topic, rate=args.rate, max_seconds=args.max_seconds, previous=args.previous,
+                    baseline=args.compare, progress=not args.quiet)
+    if args.weights is None:
+        doc["config"]["weights"] = f"deterministic ({args.model}, dinofeat.testing)"
+    paths = L.write_outputs(doc, args.out, args.tag, plots=not args.no_plots)
+    lat, jit = doc["latency_ms"], doc["jitter_ms"]
+    print(f"{doc['frames_in_percentiles']} frames: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f}, p99 "
+          f"{lat['p99']:.1f}, max {lat['max']:.1f}; jitter std {jit['std']:.1f} ms; cold {doc['cold_ms']:.1f} ms; "
+          f"{doc['fps']:.2f} fps; dropped {doc['dropped']}; peak {doc['peak_mb']:.0f} MB "
+          f"({doc['config']['backend']}, {doc['config']['device']})")
+    if "baseline" in doc:
+        b = doc["baseline"]
+        print(f"baseline find_correspondences(keyframe, frame): p50 {b['latency_ms']['p50']:.1f} ms, p99 "
+              f"{b['latency_ms']['p99']:.1f}, {b['ratio_p50']:.2f}x the stream's (median of per-frame ratios); "
+              f"same points on every frame: {b['same_points_all_frames']}")
+    if doc["stopped_at_max_seconds"]:
+        print(f"stopped at --max-seconds {args.max_seconds:g} after {doc['frames_matched']} matched frame(s); raise "
+              "--max-seconds or lower --load-size for more frames in the percentiles")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -12,7 +12,7 @@ EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (
 
 
 def add_match_arguments(p: argparse.ArgumentParser) -> None:
-    """The matching flags of `dinofeat match` (also `dinofeat replay`)."""
+    """The matching flags of `dinofeat match` (also `dinofeat replay`, `dinofeat bench latency`)."""
     p.add_argument("--num-pairs", type=int, default=10)
     p.add_argument("--layer", type=int, default=9)
     p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
@@ -20,13 +20,13 @@ def add_match_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, weights_help: str | None = None) -> None:
     """The model flags of every command that runs the ViT (--model, --stride, --weights, ..., --load-size)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`), default dino_vits8")
     g.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
-    g.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
-                   "official file, downloaded if missing")
+    g.add_argument("--weights", default=None, help=weights_help or "checkpoint file (.pth / .safetensors); "
+                   "default: the cached official file, downloaded if missing")
     g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
@@ -34,7 +34,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 
-_add_model_args = add_model_arguments  # the former name (modules written before it was public)
+# The former private names (modules written before they were public).
+_add_model_args, _add_match_args = add_model_arguments, add_match_arguments
 
 
 def precheck(args, layer) -> None:
@@ -262,7 +263,7 @@ OPTIONAL_COMMANDS = (
     ("export", ".export.cli", "add_export_arguments", "export_main", "export the strided ViT to ONNX / TensorRT"),
     ("doctor", ".doctor", "add_doctor_arguments", "doctor_main",
      "print versions and devices, self-test every backend and kernel"),
-    ("bench", ".bench", "add_bench_arguments", "bench_main", "benchmark stages and end-to-end throughput"),
+    ("bench", ".bench", "add_bench_command", "bench_main", "benchmark stages and end-to-end throughput"),
     ("pca", ".apps.cli", "add_pca_arguments", "pca_main", "principal components of descriptors as images"),
     ("coseg", ".apps.cli", "add_coseg_arguments", "coseg_main", "co-segmentation: the common foreground of images"),
     ("parts", ".apps.cli", "add_parts_arguments", "parts_main", "part co-segmentation: common parts of images"),

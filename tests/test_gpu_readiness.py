@@ -97,7 +97,7 @@ def test_gpu_check_dry_run_prints_every_row(capsys):
                 assert f"torch {precision} {mode} batch {batch}:" in out
     for row in ("doctor self-tests", "onnxruntime CUDA EP", "tensorrt fp32 / fp16", "3025x3025x6528 fp32",
                 "18921x18921x6528 bf16", "cuBLAS GEMM", "GB/s vs device copy GB/s", "latency p50/p99, pairs/s",
-                "pytest -m gpu", "peak GPU memory"):
+                "pytest -m gpu", "peak GPU memory", "FrameStream torch fp32 cuda 480x640 rgb8"):
         assert row in out, row
     assert len(out.strip().splitlines()) == 1 + len(gpu_check.plan())
 

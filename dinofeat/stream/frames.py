@@ -50,6 +50,8 @@ def frame_size(t: torch.Tensor, encoding: str, name: str = "frame") -> tuple[int
         if t.ndim != 3 or t.shape[0] != 3 or not t.is_floating_point():
             raise InputError(f"{name}: encoding float_chw expects a (3, H, W) float tensor in [0, 1], got "
                              f"shape {tuple(t.shape)} dtype {t.dtype}")
+        if t.shape[1] == 0 or t.shape[2] == 0:
+            raise InputError(f"{name}: empty frame of shape {tuple(t.shape)}")
         return int(t.shape[1]), int(t.shape[2])
     if t.dtype != torch.uint8:
         raise InputError(f"{name}: encoding {encoding} expects uint8 pixels, got dtype {t.dtype}; pass "

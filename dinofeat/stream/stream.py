@@ -74,7 +74,8 @@ class FrameStream:
         self._mean = torch.tensor(ex.spec.mean, dtype=torch.float32, device=self.device)[:, None, None]
         self._std = torch.tensor(ex.spec.std, dtype=torch.float32, device=self.device)[:, None, None]
         self._c255 = torch.full((1, 1, 1), 255.0, dtype=torch.float32, device=self.device)  # true division
-        self._plan(_check_size(frame_size))
+        with self._on_stream():  # buffers belong to the stream they are used on (caching allocator)
+            self._plan(_check_size(frame_size))
         self._reference: tuple | None = None  # (view, index, input size, resized size)
         self._last: tuple | None = None
         self.frames = 0  # frames given to set_reference / match
@@ -112,6 +113,15 @@ class FrameStream:
         prev = self._pair(self._last, current) if want_previous and self._last is not None else None
         self._last = current
         return self._pair(self._reference, current, previous=prev)
+
+    def warmup(self, frame, *, encoding: str | None = None) -> None:
+        """Run the cold path once on `frame` (first forward at this size, Best Buddies, k-means: the frame matched
+        to itself) without touching the keyframe or the frame count, so the first real frame is warm. Waits for
+        the result (call it at start-up, before the control loop)."""
+        with self._on_stream():
+            view, sizes = self._features(frame, encoding, "frame")
+        first = (view, -1, *sizes)
+        self._pair(first, first).wait()
 
     def preprocess(self, frame, *, encoding: str | None = None) -> torch.Tensor:
         """(1, 3, h, w) float32 model input of `frame` on the device, equal to `Extractor.preprocess` of the same
@@ -159,15 +169,15 @@ class FrameStream:
                 t.to(self.device, non_blocking=True)
         h, w = self.resized_size
         if encoding == "float_chw":
-            x = t.to(torch.float32)[None]
+            x = t.to(torch.float32)  # may be the caller's tensor: never written
             if (h, w) != size:
-                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", antialias=True,
-                                                    align_corners=False).clamp_(0, 1)
-            torch.div(x.sub_(self._mean), self._std, out=self._batch)
+                x = torch.nn.functional.interpolate(x[None], size=(h, w), mode="bicubic", antialias=True,
+                                                    align_corners=False)[0].clamp_(0, 1)
         else:
             rgb = lanczos_resize_u8(F.to_rgb_hwc(t, encoding), (h, w))  # (h, w, 3) float64 of 0..255 integers
             x = rgb.permute(2, 0, 1).to(torch.float32).div(self._c255)  # == ToTensor on the uint8 image
-            torch.div(x.sub_(self._mean), self._std, out=self._batch[0])
+        torch.sub(x, self._mean, out=self._batch[0])  # == preprocess's x.sub(mean).div(std), into the buffer
+        self._batch.div_(self._std)
         return self._batch, size
 
     def _features(self, frame, encoding, name) -> tuple[ImageView, tuple]:

@@ -38,20 +38,22 @@ def assert_same(result, corr):
 def run(extractor, frames):
     """One stream over frames 0 (keyframe), 1, 2 with match_previous, and find_correspondences of each pair."""
     s = make_stream(extractor, match_previous=True)
+    s.warmup(frames[2])  # changes neither the keyframe nor the frame count
+    assert not s.has_reference and s.frames == 0
     assert s.set_reference(frames[0]) == 0
     results = [s.match(frames[1]), s.match(frames[2])]
-    corrs = {(i, j): reference_match(extractor, frames[i], frames[j]) for i, j in ((0, 1), (0, 2), (1, 2))}
+    corrs = {(i, j): reference_match(extractor, frames[i], frames[j]) for i, j in ((0, 1), (1, 2))}
     return s, results, corrs
 
 
 def test_matches_find_correspondences_on_the_same_frames(run):
     _, results, corrs = run
-    for k, r in enumerate(results, start=1):
-        assert (r.frame_index, r.reference_index) == (k, 0)
-        assert_same(r, corrs[0, k])
+    assert [(r.frame_index, r.reference_index) for r in results] == [(1, 0), (2, 0)]
+    assert_same(results[0], corrs[0, 1])  # frame 1 to the keyframe
     assert results[0].previous.reference_index == 0
     assert results[1].previous.reference_index == 1
-    assert_same(results[1].previous, corrs[1, 2])
+    assert_same(results[1].previous, corrs[1, 2])  # frame 2 to frame 1 (another image)
+    assert len(results[1]) > 0
 
 
 def test_result_fields(run):
@@ -87,22 +89,42 @@ def test_device_preprocess_equals_extractor_preprocess(extractor, frames, encodi
     assert torch.equal(got, expected)
 
 
+def test_row_padded_frame_is_viewed_in_place(extractor, frames):
+    """A ROS image whose rows are padded (step > width * 3) passes as a strided view, no copy needed."""
+    step = 80 * 3 + 16
+    raw = np.zeros((60, step), np.uint8)
+    raw[:, :240] = frames[1].reshape(60, 240)
+    view = raw[:, :240].reshape(60, 80, 3)  # what a node builds from msg.data and msg.step
+    assert not view.flags.c_contiguous and np.shares_memory(view, raw)
+    s = make_stream(extractor)
+    assert torch.equal(s.preprocess(view), extractor.preprocess(frames[1], LOAD)[0])
+
+
 def test_float_chw_at_the_model_size_equals_rgb8(extractor, frames):
     """A float CHW frame already at the resized size needs no resize: the same batch as its uint8 source."""
     small = frames[0][:40, :53]
     s = make_stream(extractor, frame_size=(40, 53))
     chw = torch.from_numpy(small).permute(2, 0, 1).to(torch.float32).div(255)
     from_uint8 = s.preprocess(small).clone()
+    before = chw.clone()
     assert torch.equal(s.preprocess(chw, encoding="float_chw"), from_uint8)
-    s.set_reference(small)
-    assert len(s.match(chw, encoding="float_chw")) > 0
+    assert torch.equal(chw, before)  # the caller's frame is never written
 
 
-def test_float_chw_resized_on_the_device(extractor, frames):
-    s = make_stream(extractor, encoding="float_chw")
-    s.set_reference(torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255)
-    r = s.match(torch.from_numpy(frames[1]).permute(2, 0, 1).float() / 255)
-    assert r.points2.shape[1] == 2 and len(r) > 0
+def test_float_chw_resized_on_the_device_and_empty_result(extractor, frames):
+    """float CHW frames of another size go through torch's antialiased bicubic; with a threshold no saliency
+    reaches, the result is empty and typed."""
+    s = FrameStream(ExtractorConfig(load_size=LOAD), MatchConfig(thresh=2.0), frame_size=(60, 80),
+                    encoding="float_chw", extractor=extractor)
+    chw = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames[:2]]
+    # close to the uint8 path's input (Pillow's Lanczos), not equal
+    assert (s.preprocess(chw[1]) - extractor.preprocess(frames[1], LOAD)[0]).abs().mean() < 0.05
+    s.set_reference(chw[0])
+    r = s.match(chw[1])
+    assert len(r) == 0 and r.points1.shape == (0, 2) and r.points1.dtype == torch.int64
+    assert r.frame_points2.shape == (0, 2) and r.scores.shape == (0,)
+    arrays = r.to_numpy()
+    assert arrays["points2"].shape == (0, 2) and arrays["num_best_buddies"] == 0
 
 
 def test_zero_copy_inputs():
@@ -157,28 +179,14 @@ def test_buffers_are_reused(run, frames):
     assert s.preprocess(frames[2]).data_ptr() == first
 
 
-def test_other_size_is_an_input_error_unless_dynamic(extractor, frames):
-    s = make_stream(extractor)
-    s.set_reference(frames[0])
+def test_other_size_is_an_input_error_unless_dynamic(run, extractor, frames):
     with pytest.raises(InputError, match=r"60x72 frame, but the stream was planned for 60x80.*dynamic=True"):
-        s.match(frames[1][:, :72])
+        run[0].match(frames[1][:, :72])
     d = make_stream(extractor, dynamic=True)
-    d.set_reference(frames[0])
     crop = np.ascontiguousarray(frames[1][:, :72])
-    r = d.match(crop)
-    assert d.frame_size == (60, 72) and d.resized_size == (40, 48)
-    assert_same(r, reference_match(extractor, frames[0], crop))
-
-
-def test_empty_result_is_typed(extractor, frames):
-    s = FrameStream(ExtractorConfig(load_size=LOAD), MatchConfig(thresh=2.0), frame_size=(60, 80),
-                    extractor=extractor)
-    s.set_reference(frames[0])
-    r = s.match(frames[1])
-    assert len(r) == 0 and r.points1.shape == (0, 2) and r.points1.dtype == torch.int64
-    assert r.frame_points2.shape == (0, 2) and r.scores.shape == (0,)
-    arrays = r.to_numpy()
-    assert arrays["points2"].shape == (0, 2) and arrays["num_best_buddies"] == 0
+    batch = d.preprocess(crop)  # re-planned: sizes and buffer of the new frame size
+    assert d.frame_size == (60, 72) and d.resized_size == (40, 48) and d.num_patches == (9, 11)
+    assert torch.equal(batch, extractor.preprocess(crop, LOAD)[0])
 
 
 @pytest.mark.parametrize("frame,encoding,message", [
@@ -188,6 +196,8 @@ def test_empty_result_is_typed(extractor, frames):
     (np.zeros((60, 80, 3), np.uint8), "yuv422", r"encoding='yuv422' is unknown; choose one of rgb8, bgr8"),
     ([[1, 2]], "rgb8", r"unsupported type list"),
     (np.zeros((60, 80), dtype=object), "mono8", r"expected a uint8 or float array, got dtype object"),
+    (np.zeros((3, 0, 80), np.float32), "float_chw", r"empty frame of shape \(3, 0, 80\)"),
+    (np.zeros((0, 80, 3), np.uint8), "rgb8", r"empty frame of shape \(0, 80, 3\)"),
 ])
 def test_bad_frames(extractor, frame, encoding, message):
     s = make_stream(extractor)
