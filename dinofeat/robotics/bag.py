@@ -62,12 +62,8 @@ def check_bag_path(bag) -> Path:
     return path
 
 
-def bag_frames(bag, topic: str) -> Iterator[BagFrame]:
-    """The messages of `topic` (sensor_msgs/Image or CompressedImage) in bag order (receive time).
-
-    Raises `InputError` for an unreadable bag or a topic that is absent or not an image topic (naming the
-    image topics the bag has). A message that cannot be deserialised raises `InputError` naming its index.
-    """
+def open_reader(bag):
+    """An open rosbags `AnyReader` of `bag` (close it); `InputError` for a bag rosbags cannot open."""
     _rosbags()
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.typesys import Stores, get_typestore
@@ -77,7 +73,22 @@ def bag_frames(bag, topic: str) -> Iterator[BagFrame]:
         reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
         reader.open()
     except (AnyReaderError, OSError, ValueError, KeyError) as e:
-        raise InputError(f"BAG {str(path)!r}: cannot open ({type(e).__name__}: {e})") from None
+        raise InputError(f"BAG {str(path)!r}: cannot open ({type(e).__name__}: {' '.join(str(e).split())})") \
+            from None
+    return reader
+
+
+def bag_frames(bag, topic: str) -> Iterator[BagFrame]:
+    """The messages of `topic` (sensor_msgs/Image or CompressedImage) in bag order (receive time).
+
+    Raises `InputError` for an unreadable bag or a topic that is absent or not an image topic (naming the
+    image topics the bag has). A message that cannot be deserialised raises `InputError` naming its index.
+    """
+    _rosbags()
+    from rosbags.highlevel import AnyReaderError
+
+    path = check_bag_path(bag)
+    reader = open_reader(path)
     try:
         conns = [c for c in reader.connections if c.topic == topic]
         images = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES + COMPRESSED_TYPES})
@@ -174,11 +185,11 @@ def read_frames(bag, topic: str | None = None) -> Iterator[tuple[int, object, st
 
 def only_image_topic(bag) -> str:
     """The one Image / CompressedImage topic of `bag` (`InputError` when there is none or several)."""
-    _rosbags()
-    from rosbags.highlevel import AnyReader
-
-    with AnyReader([check_bag_path(bag)]) as reader:
+    reader = open_reader(bag)
+    try:
         topics = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES + COMPRESSED_TYPES})
+    finally:
+        reader.close()
     if len(topics) != 1:
         raise InputError(f"BAG {str(bag)!r}: {len(topics)} image topics ({', '.join(topics) or 'none'}); name one "
                          "with --topic")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import DinofeatError, InputError
 from ..pipeline.results import PairResult, result_row
-from .bag import bag_frames, check_bag_path
+from .bag import bag_frames, check_bag_path, open_reader
 from .outputs import open_output
 
 
@@ -65,13 +65,14 @@ class ReplaySummary:
 
 def count_frames(bag, topic: str) -> int | None:
     """Messages on `topic` (the progress bar's total), or None when the bag cannot tell."""
-    from rosbags.highlevel import AnyReader
-
     try:
-        with AnyReader([check_bag_path(bag)]) as reader:
-            return sum(c.msgcount for c in reader.connections if c.topic == topic)
-    except Exception:  # noqa: BLE001 - only the bar's total: the replay itself reports a bad bag
+        reader = open_reader(bag)
+    except DinofeatError:  # only the bar's total: the replay itself reports a bad bag
         return None
+    try:
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
+    finally:
+        reader.close()
 
 
 def replay(bag, topic: str, out, *, reference: str = "first", extractor_config=None, match_config=None,

@@ -216,13 +216,16 @@ def test_bad_input_is_one_line_and_a_bad_frame_is_its_row(bags, frames, configs,
 
     seq, _ = frames
     bag = str(bags["mcap_file"])
+    empty = tmp_path / "empty.mcap"
+    empty.write_bytes(b"")
     cases = [([bag, "--topic", "/nope", "--out", str(tmp_path / "a.parquet")],
               "--topic '/nope': the bag has no topic '/nope'; its image topics: /camera/image_raw"),
              ([bag, "--topic", TOPIC, "--out", str(tmp_path / "a.csv")], "expected a file ending in .parquet or .mcap"),
              ([bag, "--topic", TOPIC, "--reference", "every:x", "--out", str(tmp_path / "a.parquet")],
               "expected every:N with an integer N >= 1"),
              ([str(tmp_path), "--topic", TOPIC, "--out", str(tmp_path / "a.parquet")], "needs its metadata.yaml"),
-             ([str(tmp_path / "x.txt"), "--topic", TOPIC, "--out", str(tmp_path / "a.parquet")], "not found")]
+             ([str(tmp_path / "x.txt"), "--topic", TOPIC, "--out", str(tmp_path / "a.parquet")], "not found"),
+             ([str(empty), "--topic", TOPIC, "--out", str(tmp_path / "a.parquet")], "empty.mcap': cannot open")]
     for argv, message in cases:
         assert main(["replay", *argv, "-q"]) == 2
         err = capsys.readouterr().err
