@@ -130,7 +130,7 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_latency_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import _add_match_args, _add_model_args  # noqa: PLC0415 - the flags of `dinofeat match`, once
+    from .cli import add_match_arguments, add_model_arguments  # noqa: PLC0415 - the flags of `dinofeat match`, once
     from .stream import latency as L  # noqa: PLC0415
 
     p.description = ("Drive the streaming API (dinofeat.stream.FrameStream) over a real image sequence: frame 0 is "
@@ -155,10 +155,10 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also time find_correspondences(keyframe, frame) per frame (what a user would otherwise "
                         "call; interleaved, points compared); doubles the run time")
-    _add_match_args(p)
+    add_match_arguments(p)
     p.add_argument("--no-plots", action="store_true", help="do not draw the PNG")
-    p.add_argument("-q", "--quiet", action="store_true")
-    _add_model_args(p, weights_help="checkpoint file; default: deterministic weights (no download; the timing "
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_model_arguments(p, weights_help="checkpoint file; default: deterministic weights (no download; the timing "
                     "does not depend on the values)")
 
 

@@ -11,7 +11,17 @@ from .errors import DinofeatError
 EPILOG = "Docs: README.md. Weights: --weights FILE, or downloaded to the cache (`dinofeat weights download`)."
 
 
-def _add_model_args(p: argparse.ArgumentParser, weights_help: str | None = None) -> None:
+def add_match_arguments(p: argparse.ArgumentParser) -> None:
+    """The matching flags of `dinofeat match` (also `dinofeat replay`, `dinofeat bench latency`)."""
+    p.add_argument("--num-pairs", type=int, default=10, help="correspondences to draw and print")
+    p.add_argument("--layer", type=int, default=9, help="transformer block whose facet is the descriptor")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
+    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
+    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground, in [0, 1]")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, weights_help: str | None = None) -> None:
+    """The model flags of every command that runs the ViT (--model, --stride, --weights, ..., --load-size)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="dino_vits8", help="zoo name (`dinofeat weights list`)")
     g.add_argument("--stride", type=int, default=None, help="patch-embedding stride, must divide the patch size "
@@ -33,15 +43,6 @@ def _add_model_args(p: argparse.ArgumentParser, weights_help: str | None = None)
     g.add_argument("--load-size", type=int, default=224, help="shorter image side after resizing (default 224)")
 
 
-def _add_match_args(p: argparse.ArgumentParser) -> None:
-    """The matching flags of `dinofeat match` (also `dinofeat bench latency`)."""
-    p.add_argument("--num-pairs", type=int, default=10, help="correspondences to draw and print")
-    p.add_argument("--layer", type=int, default=9, help="transformer block whose facet is the descriptor")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
-    p.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
-    p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground, in [0, 1]")
-
-
 def resolve_stride(args) -> None:
     """`--stride` not given: the model's zoo default (half its patch); sets args.stride."""
     from .zoo import get_model_spec
@@ -50,7 +51,7 @@ def resolve_stride(args) -> None:
         args.stride = get_model_spec(args.model).default_stride
 
 
-def _precheck(args, layer) -> None:
+def precheck(args, layer) -> None:
     """Arguments the model would reject, checked before it is loaded (seconds) or downloaded."""
     from .engine.preprocess import check_load_size
     from .export.model import check_request, with_pos_interp
@@ -101,7 +102,7 @@ def cmd_match(args) -> int:
     if args.save:
         _check_suffix(args.save, (".npz",), "--save")
     check_match_args(args.num_pairs, args.thresh)
-    _precheck(args, args.layer)
+    precheck(args, args.layer)
     _check_images((("IMG1", args.img1), ("IMG2", args.img2)))
     ex = _extractor(args)
     corr = find_correspondences(args.img1, args.img2, num_pairs=args.num_pairs, load_size=args.load_size,
@@ -125,7 +126,7 @@ def cmd_extract(args) -> int:
     from . import progress as status
 
     _check_suffix(args.output, (".npz", ".safetensors"), "-o/--output")
-    _precheck(args, list(args.layer))
+    precheck(args, list(args.layer))
     _check_images(("IMG", path) for path in args.images)
     ex = _extractor(args)
     tensors = {}
@@ -299,11 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(--pairs, --all-pairs, QUERY DIR) into a Parquet file", epilog=EPILOG)
     p.add_argument("img1", nargs="?", metavar="IMG1|DIR|QUERY", help="first image (or a directory / query image)")
     p.add_argument("img2", nargs="?", metavar="IMG2|DIR", help="second image (or a directory)")
-    _add_match_args(p)
+    add_match_arguments(p)
     p.add_argument("-o", "--output", default="matches.png", help="PNG with the pairs drawn (default matches.png)")
     p.add_argument("--save", default=None, help="also save every field of the result to this .npz")
     p.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
-    _add_model_args(p)
+    add_model_arguments(p)
     from .pipeline.cli import add_batch_arguments
 
     add_batch_arguments(p)
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency", action="store_true", help="also save the saliency map")
     p.add_argument("-o", "--output", required=True, help="out.npz or out.safetensors")
     p.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
-    _add_model_args(p)
+    add_model_arguments(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("weights", help="list, download, fetch (other sources) or verify checkpoints")
@@ -351,6 +352,9 @@ OPTIONAL_COMMANDS = (
     ("eval", ".apps.eval_cli", "add_eval_arguments", "eval_main",
      "accuracy: PCK on SPair-71k / WILLOW / json keypoints, Best Buddies under a homography"),
     ("serve", ".serve.cli", "add_serve_arguments", "serve_main", "Triton model repository and server"),
+    ("replay", ".robotics.cli", "add_replay_arguments", "replay_main",
+     "match every frame of a ROS bag's image topic to a reference (Parquet or MCAP out)"),
+    ("ros2", ".robotics.cli", "add_ros2_arguments", "ros2_main", "the ROS 2 node (needs rclpy: the [ros2] extra)"),
 )
 
 

@@ -10,7 +10,7 @@ from .defaults import COSEG, PARTS, PCA
 
 
 def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> None:
-    from ..cli import _add_model_args
+    from ..cli import add_model_arguments
 
     p.add_argument("--layer", type=int, default=layer, help=f"block of the descriptor facet (default {layer})")
     p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
@@ -19,7 +19,7 @@ def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> No
     else:
         p.add_argument("--bin", action="store_true", help="log-binned descriptors (17 bins)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    add_model_arguments(p)
 
 
 def _io_args(p: argparse.ArgumentParser) -> None:

@@ -21,10 +21,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("spair", help="PCK on SPair-71k's pair annotations (the paper's Table 3 protocol)")
     s.add_argument("--root", required=True, help="the SPair-71k folder (JPEGImages/, PairAnnotation/)")
     s.add_argument("--categories", nargs="+", default=None, help="default: every category present")
-    s.add_argument("--alpha", type=float, default=SPAIR.alpha)
-    s.add_argument("--pairs-per-category", type=int, default=SPAIR.pairs_per_category)
-    s.add_argument("--seed", type=int, default=SPAIR.seed)
-    s.add_argument("--split", default=SPAIR.split)
+    s.add_argument("--alpha", type=float, default=SPAIR.alpha, help="PCK threshold as a share of the box size")
+    s.add_argument("--pairs-per-category", type=int, default=SPAIR.pairs_per_category,
+                   help="pairs evaluated per category")
+    s.add_argument("--seed", type=int, default=SPAIR.seed, help="seed of the pair sampling")
+    s.add_argument("--split", default=SPAIR.split, help="SPair-71k split (trn | val | test)")
     s.add_argument("--bbox", dest="normalize", action="store_const", const="bbox", default="image",
                    help="threshold alpha * max(bbox h, w) instead of alpha * max(image h, w)")
     s.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON")
@@ -33,7 +34,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     k = sub.add_parser("keypoints", help="keypoint-transfer accuracy (PCK@alpha) of a WILLOW / SPair / json data "
                        "set (docs/accuracy.md)")
     k.add_argument("root", metavar="ROOT", help="the data set folder")
-    k.add_argument("--layout", default="willow", choices=["willow", "spair", "json"])
+    k.add_argument("--layout", default="willow", choices=["willow", "spair", "json"],
+                   help="dataset layout under ROOT (json: docs/accuracy.md)")
     k.add_argument("--classes", nargs="+", default=None, help="class folders to evaluate (default: all)")
     k.add_argument("--pairs-per-class", type=int, default=None, help="ordered pairs drawn per class (default: all)")
     k.add_argument("--seed", type=int, default=0, help="seed of --pairs-per-class (default 0)")
@@ -55,15 +57,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def _match(p: argparse.ArgumentParser, thresh: bool) -> None:
     """`dinofeat match`'s descriptor flags (and its foreground threshold where Best Buddies are filtered)."""
-    from ..cli import _add_model_args
+    from ..cli import add_model_arguments
 
-    p.add_argument("--layer", type=int, default=9)
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"])
+    p.add_argument("--layer", type=int, default=9, help="transformer block whose facet is the descriptor")
+    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
     p.add_argument("--no-bin", action="store_true", help="unbinned descriptors")
     if thresh:
         p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    add_model_arguments(p)
 
 
 def eval_main(args) -> int:

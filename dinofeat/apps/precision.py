@@ -169,7 +169,7 @@ def _bb_pairs(d1: torch.Tensor, d2: torch.Tensor) -> set:
 
 
 def _pck(a: _Image, b: _Image, kps_a: np.ndarray, kps_b: np.ndarray, stride: int, patch: int, alpha: float):
-    from .spair import keypoint_tokens, token_centres
+    from .keypoints import keypoint_tokens, token_centres
 
     tokens = keypoint_tokens(kps_a, a.scale, a.grid, stride, patch)
     nn = (a.desc[torch.from_numpy(tokens)] @ b.desc.T).argmax(dim=1).numpy()

@@ -102,7 +102,7 @@ def batch_main(args) -> int:
     from tqdm import tqdm
 
     from .matcher import Matcher, check_count
-    from .results import ResultWriter, read_results, result_row
+    from .results import ResultWriter, result_row, successful_rows
 
     check_count(args.batch_size, "--batch-size: batch_size")
     check_count(args.workers, "--workers: workers", minimum=0)
@@ -111,12 +111,8 @@ def batch_main(args) -> int:
     pairs = collect_pairs(args)
     kept: list[dict] = []
     if args.resume and Path(args.out).is_file():
-        try:
-            old = read_results(args.out)
-        except Exception as e:  # noqa: BLE001 - an unreadable file is a bad argument here
-            raise InputError(f"--resume: cannot read {args.out!r} ({type(e).__name__}: {e})") from None
         wanted = {(p[0], p[1]) for p in pairs}
-        kept = [r for r in old if r.get("error") is None and (r.get("image1"), r.get("image2")) in wanted]
+        kept = [r for r in successful_rows(args.out) if (r.get("image1"), r.get("image2")) in wanted]
         done = {(r["image1"], r["image2"]) for r in kept}
         kept = list({(r["image1"], r["image2"]): r for r in kept}.values())
         pairs = [p for p in pairs if (p[0], p[1]) not in done]

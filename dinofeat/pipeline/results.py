@@ -8,6 +8,11 @@ Parquet columns (one row per pair, in this order):
     seconds               float64            time spent on the pair (see `PairResult.seconds`)
     error                 string             null on success, else one line saying what went wrong
 
+`dinofeat replay` (`result_schema(replay=True)`) appends two columns; its image1 / image2 are `TOPIC@STAMP_NS`
+(or the reference FILE as given):
+    stamp_ns              int64              header stamp of the frame (image2), in nanoseconds
+    frame_id              string             header frame_id of the frame
+
 pyarrow is imported lazily: `from dinofeat.pipeline.results import RESULT_SCHEMA` imports it on first use.
 """
 
@@ -20,6 +25,7 @@ from pathlib import Path
 from ..correspondences import Correspondences
 
 COLUMNS = ("image1", "image2", "points1", "points2", "similarities", "num_best_buddies", "seconds", "error")
+REPLAY_COLUMNS = COLUMNS + ("stamp_ns", "frame_id")
 
 
 @dataclass
@@ -44,11 +50,12 @@ class PairResult:
         return self.error is None
 
 
-def result_schema():
-    """The pyarrow schema of the results file (see the module docstring)."""
+def result_schema(replay: bool = False):
+    """The pyarrow schema of the results file (see the module docstring); `replay`: with stamp_ns, frame_id."""
     import pyarrow as pa
 
     point = pa.list_(pa.int32())
+    extra = [pa.field("stamp_ns", pa.int64(), nullable=False), pa.field("frame_id", pa.string())] if replay else []
     return pa.schema([
         pa.field("image1", pa.string(), nullable=False),
         pa.field("image2", pa.string(), nullable=False),
@@ -58,6 +65,7 @@ def result_schema():
         pa.field("num_best_buddies", pa.int32()),
         pa.field("seconds", pa.float64()),
         pa.field("error", pa.string()),
+        *extra,
     ])
 
 
@@ -97,8 +105,31 @@ def read_results(path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def successful_rows(path, flag: str = "--resume") -> list[dict]:
+    """The rows of an existing results file whose `error` is null (what a resumed run keeps), in file order.
+    An unreadable file raises `InputError` naming `flag`."""
+    from ..errors import InputError
+
+    try:
+        rows = read_results(path)
+    except Exception as e:  # noqa: BLE001 - an unreadable file is a bad argument here
+        raise InputError(f"{flag}: cannot read {str(path)!r} ({type(e).__name__}: {e})") from None
+    return [r for r in rows if r.get("error") is None]
+
+
+def keeps_partial_output(exc_type) -> bool:
+    """Whether a writer leaving a `with` block by `exc_type` keeps the whole rows written (success, an interrupt or
+    a run-time error) or aborts (a `DinofeatError`: bad arguments; or another non-`Exception` exit)."""
+    from ..errors import DinofeatError
+
+    return exc_type is None or (issubclass(exc_type, (KeyboardInterrupt, Exception))
+                                and not issubclass(exc_type, DinofeatError))
+
+
 class ResultWriter:
     """Writes result rows to `path` (.parquet) through a temp file beside it, renamed into place on close.
+
+    `replay`: the schema of `dinofeat replay` (`result_schema(replay=True)`: two more columns).
 
     Rows are buffered and written as row groups of `rows_per_group`. `close()` (also on an exception inside a
     `with` block) finishes the file, so what is renamed is always a complete, readable file of whole rows;
@@ -106,7 +137,7 @@ class ResultWriter:
     arguments) or a non-`Exception` exit aborts; an interrupt or another error keeps the whole rows written.
     """
 
-    def __init__(self, path, rows_per_group: int = 64):
+    def __init__(self, path, rows_per_group: int = 64, *, replay: bool = False):
         import tempfile
 
         import pyarrow.parquet as pq
@@ -116,7 +147,7 @@ class ResultWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".parquet.tmp", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        self.schema = result_schema()
+        self.schema = result_schema(replay)
         self._writer = pq.ParquetWriter(str(self._tmp), self.schema)
         self._rows: list[dict] = []
         self.rows_per_group = max(1, int(rows_per_group))
@@ -156,11 +187,8 @@ class ResultWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        from ..errors import DinofeatError
-
-        if exc_type is not None and (issubclass(exc_type, DinofeatError)
-                                     or not issubclass(exc_type, (KeyboardInterrupt, Exception))):
+        if keeps_partial_output(exc_type):
+            self.close()
+        else:
             self.abort()
-            return False
-        self.close()
         return False

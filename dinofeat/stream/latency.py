@@ -75,9 +75,9 @@ def folder_frames(path: Path, count: int) -> list[np.ndarray]:
 def bag_frames(path: Path, count: int, topic: str | None) -> list[np.ndarray]:
     """Frames of a rosbag / MCAP file through the replay reader (issue 24 item 3), when it is installed."""
     try:
-        from ..replay import read_frames  # noqa: PLC0415 - optional: the replay module is a separate feature
+        from ..robotics.bag import read_frames  # noqa: PLC0415 - optional: the replay module is a separate feature
     except ImportError as e:
-        raise InputError(f"--input {str(path)!r}: reading bags needs dinofeat.replay ({e}); pass a folder of "
+        raise InputError(f"--input {str(path)!r}: reading bags needs dinofeat.robotics ({e}); pass a folder of "
                          "images instead") from None
     from .frames import as_tensor, to_rgb_hwc
 

@@ -124,10 +124,12 @@ def test_folder_and_bag_inputs(tmp_path):
     Image.fromarray(seq[0]).save(one / "a.png")
     with pytest.raises(InputError, match=r"at least 2 images .* found 1"):
         load_frames(one, 10, None)
-    bag = tmp_path / "run.mcap"
+    bag = tmp_path / "empty.mcap"
     bag.write_bytes(b"")
-    try:
-        import dinofeat.replay  # noqa: F401 - issue 24 item 3, when merged
-    except ImportError:
-        with pytest.raises(InputError, match=r"reading bags needs dinofeat.replay"):
-            load_frames(bag, 10, None)
+    with pytest.raises(InputError, match=r"BAG .*empty.mcap': cannot open"):
+        load_frames(bag, 10, None)
+    from dinofeat.robotics.bag import write_image_bag  # the replay reader (dinofeat.robotics.bag.read_frames)
+
+    bag = write_image_bag(tmp_path / "run.mcap", [(k, f[..., ::-1].copy(), "bgr8") for k, f in enumerate(seq)])
+    got, _ = load_frames(bag, 10, None)
+    assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, seq, strict=True))  # bgr8 -> rgb

@@ -113,8 +113,8 @@ def test_float_chw_at_the_model_size_equals_rgb8(extractor, frames):
 
 def test_float_chw_resized_on_the_device_and_empty_result(extractor, frames):
     """float CHW frames of another size go through torch's antialiased bicubic; with a threshold no saliency
-    reaches, the result is empty and typed."""
-    s = FrameStream(ExtractorConfig(load_size=LOAD), MatchConfig(thresh=2.0), frame_size=(60, 80),
+    reaches (saliency > 1.0: it is normalised to [0, 1]), the result is empty and typed."""
+    s = FrameStream(ExtractorConfig(load_size=LOAD), MatchConfig(thresh=1.0), frame_size=(60, 80),
                     encoding="float_chw", extractor=extractor)
     chw = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames[:2]]
     # close to the uint8 path's input (Pillow's Lanczos), not equal
