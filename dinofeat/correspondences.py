@@ -169,7 +169,7 @@ def _best_buddies_for_pair(keys1, grid1, keys2, grid2, bin: bool, exact_gemm: bo
 
 
 def find_correspondences(image1, image2, num_pairs: int = 10, load_size=224, layer: int = 9, facet: str = "key",
-                         bin: bool = True, thresh: float = 0.05, model: str = "dino_vits8", stride: int = 4,
+                         bin: bool = True, thresh: float = 0.05, model: str = "dino_vits8", stride: int | str = "auto",
                          weights=None, backend: str = "auto", device="auto", *, extractor=None,
                          precision: str = "fp32", match_precision: str = "fp32", kmeans_labels=None,
                          progress: bool = False, exact_gemm: bool = False) -> Correspondences:

@@ -131,3 +131,16 @@ def _native_weights(model, rule):
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in StridedViT(get_model_spec(model)).state_dict().items()}
     return rule(shapes)
+
+
+def test_default_stride_is_half_the_patch():
+    """Extractor(model=...) without a stride runs the method's stride: 4 for dino_vits8, 7 for dinov2_vits14."""
+    from dinofeat.testing import deterministic_weights
+
+    ex = dinofeat.Extractor(model="dinov2_vits14", weights=deterministic_weights("dinov2_vits14"), device="cpu",
+                            progress=False)
+    assert ex.stride == 7
+    batch = torch.zeros(1, 3, 28, 42)
+    assert ex.extract(batch, layer=0, facet="key", bin=False, saliency=False).num_patches == (3, 5)
+    assert dinofeat.Extractor(model="dinov2_vits14", stride=None, weights=deterministic_weights("dinov2_vits14"),
+                              device="cpu", progress=False).stride == 14

@@ -7,8 +7,6 @@ import pytest
 from PIL import Image
 from testutil import EXAMPLES
 
-LOAD = 40  # small load size: a 60x80 frame -> 40x53, a 9x12 patch grid at stride 4 (fast on 2 cores)
-
 
 @pytest.fixture(scope="session")
 def frames() -> list[np.ndarray]:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LOAD  # tests/stream/conftest.py
+from streamutil import LOAD
 
 from dinofeat.cli import main
 from dinofeat.stream import ExtractorConfig, FrameStream, MatchConfig

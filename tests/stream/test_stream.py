@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LOAD  # tests/stream/conftest.py
+from streamutil import LOAD
 
 import dinofeat
 from dinofeat.errors import InputError
