@@ -23,7 +23,8 @@ class Param:
 PARAMETERS = (
     # model (ExtractorConfig)
     Param("model", str, "dino_vits8", "zoo name (`dinofeat weights list`)"),
-    Param("stride", int, 4, "patch-embedding stride, divides the patch size"),
+    Param("stride", int, 0, "patch-embedding stride dividing the patch size; 0: half the patch (4 for dino_vits8, "
+                            "7 for dinov2_vits14)"),
     Param("weights", str, "", "checkpoint file; empty: the cached official file"),
     Param("backend", str, "auto", "auto | torch | onnxruntime | tensorrt"),
     Param("device", str, "auto", "auto | cpu | cuda[:N]"),
@@ -83,7 +84,7 @@ def node_settings(values: dict) -> tuple:
         if not v[topic]:
             raise InputError(f"parameter {topic}: expected a topic name, got an empty string")
     try:
-        ec = ExtractorConfig(model=v["model"], stride=v["stride"], weights=v["weights"] or None,
+        ec = ExtractorConfig(model=v["model"], stride=v["stride"] or "auto", weights=v["weights"] or None,
                              backend=v["backend"], device=v["device"], precision=v["precision"],
                              load_size=v["load_size"])
         mc = MatchConfig(layer=v["layer"], facet=v["facet"], bin=v["bin"], thresh=v["thresh"],

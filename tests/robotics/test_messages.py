@@ -118,7 +118,9 @@ def test_point_cloud_layout_round_trip():
 def test_node_parameters_map_onto_the_configs_and_reject_bad_values(tmp_path):
     ec, mc, node = node_settings({})
     assert {p.name for p in PARAMETERS} >= {"model", "weights", "load_size", "num_pairs", "reference", "debug_image"}
-    assert (ec.model, ec.stride, ec.weights, ec.load_size) == ("dino_vits8", 4, None, 224)
+    assert (ec.model, ec.stride, ec.weights, ec.load_size) == ("dino_vits8", "auto", None, 224)
+    assert node_settings({"model": "dinov2_vits14"})[0].stride == "auto"  # -> 7, half the patch
+    assert node_settings({"stride": 8})[0].stride == 8
     assert (mc.layer, mc.num_pairs, mc.bin, mc.thresh) == (9, 10, True, 0.05)
     assert node.reference.kind == "first" and node.image_topic == "image" and not node.debug_image
     ec, mc, node = node_settings({"load_size": 112, "num_pairs": 5, "thresh": 0, "reference": "every:3",
