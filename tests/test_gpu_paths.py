@@ -212,7 +212,7 @@ def test_gpu_check_dry_run_lists_the_binned_correctness_row():
 
 def test_gpu_check_pytest_is_bounded_by_the_budget(tmp_path, monkeypatch):
     """Past the budget the pytest row fails at once (no subprocess); inside it the subprocess gets what is left."""
-    from benchmarks import gpu_check
+    from benchmarks import gpu_check, gpu_pytest
 
     timeouts = []
 
@@ -220,7 +220,7 @@ def test_gpu_check_pytest_is_bounded_by_the_budget(tmp_path, monkeypatch):
         timeouts.append(kw["timeout"])
         raise subprocess.TimeoutExpired(cmd, kw["timeout"])
 
-    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+    monkeypatch.setattr(gpu_pytest.subprocess, "run", run)
     spent = gpu_check.Check(tmp_path, budget_s=100.0)
     spent.t0 -= 95.0  # 95 s of 100 used
     gpu_check._pytest(spent)
