@@ -126,7 +126,22 @@ def keeps_partial_output(exc_type) -> bool:
                                 and not issubclass(exc_type, DinofeatError))
 
 
-class ResultWriter:
+class PartialOutput:
+    """`with` support of an output written to a temp file and renamed: `close()` (keep the whole rows written) or
+    `abort()` (remove the temp file) on leaving the block, as `keeps_partial_output` decides."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if keeps_partial_output(exc_type):
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class ResultWriter(PartialOutput):
     """Writes result rows to `path` (.parquet) through a temp file beside it, renamed into place on close.
 
     `replay`: the schema of `dinofeat replay` (`result_schema(replay=True)`: two more columns).
@@ -182,13 +197,3 @@ class ResultWriter:
         except Exception:  # noqa: BLE001 - the temp file is removed anyway
             pass
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if keeps_partial_output(exc_type):
-            self.close()
-        else:
-            self.abort()
-        return False

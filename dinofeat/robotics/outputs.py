@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..pipeline.results import ResultWriter, keeps_partial_output, successful_rows
+from ..pipeline.results import PartialOutput, ResultWriter, successful_rows
 from .pointcloud import cloud_fields
 
 CLOUD_TOPIC = "/dinofeat/correspondences"
@@ -59,7 +59,7 @@ class ParquetOutput:
         return self._writer.__exit__(exc_type, exc, tb)
 
 
-class McapOutput:
+class McapOutput(PartialOutput):
     """PointCloud2 + Header messages (module docstring) with rosbags' MCAP writer, renamed into place on close."""
 
     def __init__(self, path, resume: bool):
@@ -115,16 +115,6 @@ class McapOutput:
         except Exception:  # noqa: BLE001 - the temp folder is removed anyway
             pass
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if keeps_partial_output(exc_type):
-            self.close()
-        else:
-            self.abort()
-        return False
 
 
 def _read_old(path: Path, ts) -> dict[int, list[tuple[str, int, bytes]]]:
