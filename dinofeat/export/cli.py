@@ -149,7 +149,13 @@ def export_main(args) -> int:
         print(f"  TensorRT {floor}+ ONNX op support: " + ("all ops supported" if not bad else f"UNSUPPORTED {bad}"))
     if args.tensorrt_engine:
         profiles = shape_profiles(args, p, height, width) if dynamic else None
-        _export_engine(args, vit, request, height, width, loaded.sha256, quiet, profiles)
+        from .engine_file import write_engine
+
+        dest, what = write_engine(vit, request, height, width, args.tensorrt_engine, weights_id=loaded.sha256,
+                                  precision=args.precision, strongly_typed=args.strongly_typed,
+                                  opt_batch=args.opt_batch, max_batch=args.max_batch, shape_profiles=profiles,
+                                  cache_dir=args.cache_dir, progress=not quiet)
+        print(f"wrote TensorRT engine {dest} ({what})", file=sys.stdout)
     return 0
 
 
@@ -168,33 +174,6 @@ def shape_profiles(args, patch_size: int, height: int, width: int):
     if min(lo[1:]) < patch_size:
         raise InputError(f"--min-shape {'x'.join(map(str, lo))}: H and W must be >= the patch size {patch_size}")
     return (ShapeProfile(lo, opt, hi),)
-
-
-def _export_engine(args, vit, request, height, width, weights_id, quiet, profiles=None) -> None:
-    import json
-
-    from . import cache
-    from . import tensorrt as trt_export
-    from .onnx import get_onnx
-
-    trt = trt_export.import_tensorrt()
-    plan = trt_export.build_plan(trt, args.precision, args.strongly_typed)
-    onnx_path = get_onnx(vit, request, height, width, precision=plan["onnx_precision"], weights_id=weights_id,
-                         variant="plain", cache_dir=args.cache_dir, progress=not quiet, dynamic=bool(profiles))
-    profile = trt_export.Profile(1, args.opt_batch, args.max_batch)
-    _, _, manifest = trt_export.get_engine(onnx_path, precision=args.precision, profile=profile, height=height,
-                                           width=width, strongly_typed=args.strongly_typed,
-                                           cache_dir=args.cache_dir, progress=not quiet, trt=trt,
-                                           shape_profiles=profiles)
-    src = Path(manifest["paths"][manifest["meta"]["engine"]])
-    dest = Path(args.tensorrt_engine)
-    cache.atomic_write_bytes(dest, src.read_bytes())
-    meta = dict(manifest["meta"], engine=dest.name)
-    cache.atomic_write_bytes(dest.with_suffix(dest.suffix + ".json"), json.dumps(meta, indent=1).encode())
-    ranges = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(profiles)) if profiles else \
-        f"batch 1..{args.max_batch}"
-    print(f"wrote TensorRT engine {dest} (TensorRT {plan['version']}, {plan['typing']} typing, "
-          f"{meta['gpu']} sm{meta['compute_capability']}, {ranges})", file=sys.stdout)
 
 
 __all__ = ["add_export_arguments", "export_main", "parse_size", "shape_profiles"]

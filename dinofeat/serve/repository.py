@@ -223,16 +223,13 @@ def _write_graph(vit_dir: Path, vit, request, o: RepositoryOptions, weights_id: 
         if o.backend == "onnxruntime-python":
             (vit_dir / "model.py").write_text(PYTHON_MODEL.format(cls="OrtVitModel"))
         return
-    import argparse
-
-    from ..export.cli import _export_engine
+    from ..export.engine_file import write_engine
     from ..export.tensorrt import ShapeProfile
 
     p = vit.spec.patch_size  # one wide profile: every size up to max(repository size, 1024) per side
     profile = ShapeProfile((1, p, p), (1, o.height, o.width), (o.max_batch, max(o.height, 1024), max(o.width, 1024)))
-    args = argparse.Namespace(precision=o.precision, strongly_typed=None, opt_batch=1, max_batch=o.max_batch,
-                              cache_dir=None, tensorrt_engine=str(vit_dir / "model.plan"))
-    _export_engine(args, vit, request, o.height, o.width, weights_id, not progress, (profile,))
+    write_engine(vit, request, o.height, o.width, vit_dir / "model.plan", weights_id=weights_id,
+                 precision=o.precision, max_batch=o.max_batch, shape_profiles=(profile,), progress=progress)
 
 
 def read_options(parameters: dict) -> dict:

@@ -153,3 +153,34 @@ def test_onnxruntime_repository_serves_every_size(tmp_path, vits8_weights_file, 
         client.close()
         with Client(server.http_url) as pair:
             assert len(pair.match(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png")) > 0
+
+
+def test_tensorrt_repository_writes_one_wide_profile_engine(tmp_path, monkeypatch, vits8_weights_file):
+    """`serve triton-repo --backend tensorrt` writes model.plan through `export.engine_file.write_engine` (the
+    TensorRT API stand-ins of tests/engine build it here): one wide (B, H, W) profile, every size up to 1024."""
+    import importlib.util
+    import json
+
+    from testutil import ROOT
+
+    from dinofeat.export import tensorrt as trt_export
+
+    # the TensorRT API stand-ins of tests/engine (that folder is not on sys.path when only tests/serve runs)
+    spec = importlib.util.spec_from_file_location("trt_standins", ROOT / "tests" / "engine" / "test_tensorrt_backend.py")
+    standins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standins)
+    GPU, fake_trt = standins.GPU, standins.fake_trt
+
+    trt = fake_trt("10.3.0")
+    monkeypatch.setattr(trt_export, "import_tensorrt", lambda: trt)  # not sys.modules: torch.export probes it
+    monkeypatch.setattr(trt_export, "gpu_identity", lambda device=None: dict(GPU))
+    monkeypatch.setenv("DINOFEAT_CACHE", str(tmp_path / "cache"))
+    o = RepositoryOptions(backend="tensorrt", weights=str(vits8_weights_file), height=SIZE, width=SIZE, max_batch=4)
+    root = repository.write_repository(tmp_path / "repo", o, progress=False)
+    plan = root / repository.VIT / "1" / "model.plan"
+    meta = json.loads((plan.parent / "model.plan.json").read_text())
+    assert plan.stat().st_size > 0 and meta["engine"] == "model.plan"
+    assert meta["profile"] == [[[1, 8, 8], [1, SIZE, SIZE], [4, 1024, 1024]]]
+    assert meta["height"] == meta["width"] == "dynamic"
+    assert [p.shapes["images"] for p in trt.config.profiles] == [((1, 3, 8, 8), (1, 3, SIZE, SIZE),
+                                                                    (4, 3, 1024, 1024))]
