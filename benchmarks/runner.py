@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dinofeat.io import atomic_write_text
+
 from . import flops as FL
 from . import timing as T
 from .timing import Clock, PeakRSS, measure, summarize
@@ -775,12 +777,12 @@ class Runner:
         return out
 
     def _spec(self):
-        from dinofeat.zoo import get_model_spec
+        from dinofeat.model.zoo import get_model_spec
 
         return get_model_spec(self.cfg.model)
 
     def _load_state(self) -> dict:
-        from dinofeat.weights import load_weights
+        from dinofeat.model.weights import load_weights
 
         return load_weights(self._spec(), self.weights, progress=False).state_dict
 
@@ -1036,9 +1038,7 @@ def write_outputs(result: dict, cfg: Config) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     json_path = out / f"{cfg.tag}.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=_json_default, allow_nan=True))
-    os.replace(tmp, json_path)
+    atomic_write_text(json_path, json.dumps(result, indent=1, default=_json_default, allow_nan=True))
     paths["json"] = str(json_path)
     if cfg.plots:
         paths.update(report.plots(result, out, cfg.tag))

@@ -12,10 +12,9 @@ from .errors import (
     OutputError,
     WeightsError,
 )
+from .model.zoo import MODELS, ModelSpec, get_model_spec, list_models
 from .pipeline import Matcher, PairResult
-from .zoo import MODELS, ModelSpec, get_model_spec, list_models
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "MODELS",

@@ -45,7 +45,7 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_help: str | None = N
 
 def resolve_stride(args) -> None:
     """`--stride` not given: the model's zoo default (half its patch); sets args.stride."""
-    from .zoo import get_model_spec
+    from .model.zoo import get_model_spec
 
     if getattr(args, "stride", 0) is None:
         args.stride = get_model_spec(args.model).default_stride
@@ -54,8 +54,8 @@ def resolve_stride(args) -> None:
 def precheck(args, layer) -> None:
     """Arguments the model would reject, checked before it is loaded (seconds) or downloaded."""
     from .engine.preprocess import check_load_size
-    from .export.model import check_request, with_pos_interp
-    from .zoo import get_model_spec
+    from .model.vit import check_request, with_pos_interp
+    from .model.zoo import get_model_spec
 
     spec = with_pos_interp(get_model_spec(args.model), getattr(args, "pos_interp", None))
     resolve_stride(args)
@@ -158,8 +158,8 @@ def cmd_extract(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from . import weight_sources as ws
-    from . import weights as W
+    from .model import weight_sources as ws
+    from .model import weights as W
 
     if args.action == "list":
         for row in W.list_weights():
@@ -202,7 +202,7 @@ def cmd_weights(args) -> int:
 def _weights_fetch(args, names) -> int:
     """`dinofeat weights fetch MODEL --source NAME`: convert another source's real weights into the cache."""
     from . import progress as status
-    from . import weight_sources as ws
+    from .model import weight_sources as ws
 
     for name in names:
         sources = ws.sources_for(name)

@@ -6,7 +6,7 @@ the measured deviation, or SKIP with the reason it cannot run on this machine. T
 failed, 0 otherwise (skipped is not failed).
 
 * backends (torch fp32/bf16/fp16, ONNX Runtime CPU/CUDA/TensorRT EP, native TensorRT) against an eager float64
-  re-implementation of the strided ViT written here, independent of :mod:`dinofeat.export.model`: keys of
+  re-implementation of the strided ViT written here, independent of :mod:`dinofeat.model.vit`: keys of
   layer 9 and the saliency map of a small non-square image;
 * kernels (``impl="cpu"``, ``"cuda"``) against ``impl="reference"`` for ``log_bin`` and ``best_buddies``;
 * NVRTC compilation of the CUDA kernel source exactly as :func:`dinofeat.kernels.cuda.module_spec` builds it
@@ -145,11 +145,11 @@ def cache_dirs() -> dict[str, dict]:
     """Every on-disk cache dinofeat reads or writes, with its size."""
     dirs: dict[str, dict] = {}
     try:
-        from . import weights
+        from .model import weights
 
         dirs["weights"] = _dir_summary(weights.cache_dir())
     except Exception as e:  # noqa: BLE001 - weights module missing or broken
-        dirs["weights"] = {"path": None, "note": f"dinofeat.weights unavailable ({_first_line(e)})"}
+        dirs["weights"] = {"path": None, "note": f"dinofeat.model.weights unavailable ({_first_line(e)})"}
     try:
         from .export import cache
 
@@ -239,7 +239,7 @@ def _eager_reference(state_dict, spec, stride: int, batch, layer: int):
     """Keys of `layer` (B, T, C, channel d*heads + h) and saliency (B, T) of a DINO ViT, in float64.
 
     Written from SEMANTICS §1, §3-§5 with explicit (materialised) attention and every block run, sharing no code
-    with :mod:`dinofeat.export.model`: the yardstick for the backends.
+    with :mod:`dinofeat.model.vit`: the yardstick for the backends.
     """
     import torch
     import torch.nn.functional as F
@@ -307,8 +307,8 @@ class _Fixture:
         import torch
 
         from .engine.extractor import Extractor
+        from .model.zoo import get_model_spec
         from .testing import deterministic_weights
-        from .zoo import get_model_spec
 
         self.model, self.stride, self.layer, self.load_size = model, stride, layer, load_size
         self.spec = get_model_spec(model)
@@ -695,11 +695,10 @@ def doctor_main(args) -> int:
     if args.json:
         report = {"environment": env, "selftest_input": what, "checks": [asdict(c) for c in checks],
                   "summary": n, "seconds": wall}
+        from .io import atomic_write_text
+
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str, allow_nan=True))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(report, indent=2, default=str, allow_nan=True))
         print(f"report written to {path}", file=out)
     return 1 if n["fail"] else 0
 

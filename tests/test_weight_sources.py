@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinofeat import weight_sources as ws
 from dinofeat.errors import InputError, WeightsError
+from dinofeat.model import weight_sources as ws
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,9 @@ def converted(package_onnx, real_dinov2_weights):
 def test_conversion_writes_checkpoint_sidecar_and_provenance(converted, package_onnx, monkeypatch):
     from safetensors.torch import load_file
 
-    from dinofeat.export.layouts import native_shapes
-    from dinofeat.weights import file_sha256, read_sidecar
-    from dinofeat.zoo import get_model_spec
+    from dinofeat.model.layouts import native_shapes
+    from dinofeat.model.weights import file_sha256, read_sidecar
+    from dinofeat.model.zoo import get_model_spec
 
     sd = load_file(str(converted))
     shapes = native_shapes(get_model_spec("dinov2_vits14"))

@@ -1,4 +1,4 @@
-"""dinofeat.weights: local files in every layout, safe loading, the cache, and real downloads from 127.0.0.1."""
+"""dinofeat.model.weights: local files in every layout, safe loading, the cache, and real downloads from 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from dinofeat.errors import InputError, WeightsError
-from dinofeat.testing import deterministic_weights
-from dinofeat.weights import (
+from dinofeat.model.weights import (
     DINOV3_ACCESS_URL,
     LoadedWeights,
     cache_dir,
@@ -31,7 +30,8 @@ from dinofeat.weights import (
     read_sidecar,
     verify_weights,
 )
-from dinofeat.zoo import MODELS
+from dinofeat.model.zoo import MODELS
+from dinofeat.testing import deterministic_weights
 
 VITS8 = MODELS["dino_vits8"]
 

@@ -131,7 +131,7 @@ def pck_table(per_class: dict, pairs: dict, kps: dict, mean: float, alpha: float
 
 
 def _keypoints(args) -> int:
-    from ..viz_eval import draw_keypoint_samples
+    from ..viz import draw_keypoint_samples
     from .keypoints import check_alpha, evaluate_keypoints, resolve_pck_ref
     from .kp_data import load_keypoint_pairs
 
@@ -161,7 +161,7 @@ def _keypoints(args) -> int:
 
 def _homography(args) -> int:
     from ..pipeline.matcher import Matcher
-    from ..viz_eval import draw_homography
+    from ..viz import draw_homography
     from .homography import evaluate_homography, folder_pairs, pooled_metrics, read_homography
 
     out = _out_dir(args)

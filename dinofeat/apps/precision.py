@@ -88,7 +88,7 @@ class _Runner:
     """Features of one (backend, precision) for image files, timed."""
 
     def __init__(self, cfg: dict, backend: str, precision: str):
-        import dinofeat
+        from ..engine.extractor import Extractor
 
         self.cfg, self.backend, self.precision, self.session = cfg, backend, precision, None
         self.times: list[float] = []
@@ -98,7 +98,7 @@ class _Runner:
             # one dynamic-size graph for every image size (the backend would export one graph per size), run
             # directly (CUDA EP on a GPU, else the CPU EP: the backend refuses fp16 there, the CPU EP runs the
             # fp16 graph all the same)
-            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], "torch", "cpu", "fp32",
+            self.ex = Extractor(cfg["model"], cfg["stride"], cfg["weights"], "torch", "cpu", "fp32",
                                          progress=False)
             self.session, where = self._graph_session(torch.device(device))
             self.note = f"{precision} ONNX graph (dynamic H, W) on ONNX Runtime's {where}"
@@ -106,20 +106,20 @@ class _Runner:
             options = None
             if backend == "tensorrt":  # one engine for every image size: a wide (batch 1) H, W profile
                 from ..export.tensorrt import ShapeProfile
-                from ..zoo import get_model_spec
+                from ..model.zoo import get_model_spec
 
                 p = get_model_spec(cfg["model"]).patch_size
                 load = cfg["load_size"]
                 options = {"shape_profiles": (ShapeProfile((1, p, p), (1, load, load), (1, 4 * load, 4 * load)),)}
-            self.ex = dinofeat.Extractor(cfg["model"], cfg["stride"], cfg["weights"], backend, device, precision,
+            self.ex = Extractor(cfg["model"], cfg["stride"], cfg["weights"], backend, device, precision,
                                          progress=False, backend_options=options)
             self.note = "one engine, H, W profile up to 4x the load size" if options else ""
 
     def _graph_session(self, device: torch.device):
         import onnxruntime as ort
 
-        from ..export.model import Request
         from ..export.onnx import get_onnx
+        from ..model.vit import Request
 
         req = Request(facets=((self.cfg["layer"], "key"),), saliency=True)
         self.request = req

@@ -222,7 +222,7 @@ class _Match:
     """Stage 2 actor: a batch of pairs -> result rows, reading both images' features from the object store."""
 
     def __init__(self, options: RayJobOptions, device: str, refs: list, where: dict):
-        from ..zoo import get_model_spec
+        from ..model.zoo import get_model_spec
 
         _set_threads(options)
         self.o, self.device, self.refs, self.where = options, device, refs, where

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..export.model import Request, build_vit, check_request, output_name, with_pos_interp
 from ..limits import check_tokens
-from ..zoo import get_model_spec
+from ..model.vit import Request, build_vit, check_request, output_name, with_pos_interp
+from ..model.zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
 
@@ -90,11 +90,11 @@ class Extractor:
         the profiles, docs/dynamic_shapes.md). `rope_periods` (RoPE models, i.e. DINOv3): "checkpoint" uses the
         periods the checkpoint stores (Meta's
         reference behaviour; recomputed when it stores none), "recompute" recomputes them in float32 from the RoPE
-        base (timm's / transformers' behaviour). See `dinofeat.export.model.ROPE_PERIODS`.
+        base (timm's / transformers' behaviour). See `dinofeat.model.vit.ROPE_PERIODS`.
         `pos_interp` (learned position tables): None keeps the zoo row's resampling (Meta's code); "size" resamples
         as Hugging Face transformers does, "offset" / "antialias" as Meta's DINOv2 / DINOv2 _reg code
-        (`dinofeat.export.model.POS_INTERP`, docs/checkpoints.md)."""
-        from ..weights import load_weights
+        (`dinofeat.model.vit.POS_INTERP`, docs/checkpoints.md)."""
+        from ..model.weights import load_weights
 
         self.spec = with_pos_interp(get_model_spec(model), pos_interp)
         p = self.spec.patch_size

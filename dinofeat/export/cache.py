@@ -6,7 +6,7 @@ place (atomic on POSIX and Windows); the manifest is written last, so an entry e
 `lookup` re-hashes the files: an entry whose files are missing or fail their hash is deleted and reported as
 absent, so the caller rebuilds it and never uses it.
 
-Cache root: `dinofeat.weights.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOME/dinofeat, else
+Cache root: `dinofeat.model.weights.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOME/dinofeat, else
 ~/.cache/dinofeat), with ``onnx/`` and ``trt/`` below it.
 """
 
@@ -16,28 +16,17 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
+
+from ..io import FILE_MODE, atomic_write_bytes, file_sha256, unlink_quiet
 
 MANIFEST_SUFFIX = ".json"
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()  # what open() would give: mkstemp's 0600 would hide shared caches from other users
-
-
 def cache_root() -> Path:
-    try:
-        from ..weights import cache_dir
-    except ImportError:  # pragma: no cover - weights.py is part of the package
-        env = os.environ.get("DINOFEAT_CACHE")
-        return Path(env).expanduser() if env else Path.home() / ".cache" / "dinofeat"
+    from ..model.weights import cache_dir
+
     return Path(cache_dir())
 
 
@@ -54,30 +43,7 @@ def make_key(fields: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return path
+sha256_file = file_sha256  # the one file hash (dinofeat.io)
 
 
 def atomic_move(src, dst) -> Path:
@@ -103,7 +69,7 @@ def entry_lock(directory, key: str):
         return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f".{key}.lock", os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    fd = os.open(directory / f".{key}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -162,36 +128,19 @@ def store(directory, key: str, files: dict[str, bytes | os.PathLike | str], meta
     for name, content in files.items():
         dest = directory / name
         if isinstance(content, (bytes, bytearray, memoryview)):
-            atomic_write_bytes(dest, bytes(content))
+            atomic_write_bytes(dest, bytes(content), fsync=True)
         else:
             atomic_move(content, dest)
         hashes[name] = sha256_file(dest)
     manifest = {"key": key, "files": hashes, "meta": meta}
-    atomic_write_bytes(manifest_path(directory, key), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(manifest_path(directory, key), json.dumps(manifest, indent=1, sort_keys=True).encode(),
+                       fsync=True)
     manifest["paths"] = {name: str(directory / name) for name in hashes}
     return manifest
 
 
 def remove(directory, key: str, files=()) -> None:
-    _unlink(manifest_path(directory, key))
+    unlink_quiet(manifest_path(directory, key))
     for name in files:
-        _unlink(Path(directory) / name)
+        unlink_quiet(Path(directory) / name)
 
-
-def temp_path(directory, name: str) -> Path:
-    """A fresh temporary file path in `directory` (for writers that need a path, e.g. ONNX external data)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    return Path(tmp)
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:  # pragma: no cover - best effort
-        pass

@@ -84,11 +84,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(args) -> int:
     import torch
 
+    from ..model.vit import Request, build_vit, check_request
+    from ..model.weights import load_weights
+    from ..model.zoo import get_model_spec
     from ..viz import check_output_path
-    from ..weights import load_weights
-    from ..zoo import get_model_spec
     from . import cache
-    from .model import Request, build_vit, check_request
     from .onnx import copy_onnx, get_onnx, output_shapes, tensorrt_op_table, tensorrt_unsupported_ops
 
     quiet = bool(getattr(args, "quiet", False))

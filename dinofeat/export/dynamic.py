@@ -18,7 +18,7 @@ TensorRT 10's ONNX list). The matrices reproduce PyTorch's kernels exactly (up t
 
 Both keep the models' early exit (table unchanged when the grid has G*G tokens and the image is square) as a
 ``Where`` over the two results. Every function here takes ints or SymInts for the sizes and works eagerly too,
-which is how the tests check it against `dinofeat.export.model.resample_position_table` at many sizes.
+which is how the tests check it against `dinofeat.model.vit.resample_position_table` at many sizes.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def dynamic_position_table(grid_table: torch.Tensor, rows, cols, height, width, 
 
 def dynamic_rope(rows, cols, height, width, patch_size: int, stride: int,
                  periods: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DINOv3 RoPE (sin, cos), each (rows * cols, head_dim) float32, as `dinofeat.export.model.rope_sincos`
+    """DINOv3 RoPE (sin, cos), each (rows * cols, head_dim) float32, as `dinofeat.model.vit.rope_sincos`
     computes them (same float32 operations), with sizes as ints or SymInts."""
     def axis(n, extent):
         n_ref = torch.floor(_as_float(extent) / float(patch_size))

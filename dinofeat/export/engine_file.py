@@ -16,7 +16,7 @@ def write_engine(vit, request, height: int, width: int, dest, *, weights_id: str
     """Build (or take from the engine cache) the engine of `vit` for `request` and copy it to `dest`.
 
     Args:
-        vit, request: the model (`dinofeat.export.model.StridedViT`) and its outputs (`Request`).
+        vit, request: the model (`dinofeat.model.vit.StridedViT`) and its outputs (`Request`).
         height, width: the input size traced (fixed graph) or the opt shape (with `shape_profiles`).
         dest: the engine file; its metadata goes beside it as ``dest + ".json"`` (both written atomically).
         weights_id: SHA-256 of the weights (the cache key of the graph).
@@ -25,7 +25,7 @@ def write_engine(vit, request, height: int, width: int, dest, *, weights_id: str
     Returns:
         (dest, a one-line description: TensorRT version, typing, GPU, profiles).
     """
-    from . import cache
+    from ..io import atomic_write_bytes
     from . import tensorrt as trt_export
     from .onnx import get_onnx
 
@@ -39,9 +39,9 @@ def write_engine(vit, request, height: int, width: int, dest, *, weights_id: str
                                            progress=progress, trt=trt, shape_profiles=shape_profiles)
     src = Path(manifest["paths"][manifest["meta"]["engine"]])
     dest = Path(dest)
-    cache.atomic_write_bytes(dest, src.read_bytes())
+    atomic_write_bytes(dest, src.read_bytes())
     meta = dict(manifest["meta"], engine=dest.name)
-    cache.atomic_write_bytes(dest.with_suffix(dest.suffix + ".json"), json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(dest.with_suffix(dest.suffix + ".json"), json.dumps(meta, indent=1).encode())
     ranges = ("; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(shape_profiles)) if shape_profiles
               else f"batch 1..{max_batch}")
     return dest, (f"TensorRT {plan['version']}, {plan['typing']} typing, {meta['gpu']} "

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.vit import Request, StridedViT, apply_rope, recomputed_periods, resample_position_table
 from .dynamic import dynamic_position_table, dynamic_rope
-from .model import Request, StridedViT, apply_rope, recomputed_periods, resample_position_table
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 

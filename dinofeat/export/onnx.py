@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError, DinofeatError, InputError
-from ..zoo import MODELS
+from ..io import atomic_write_bytes, temp_path
+from ..model.vit import Request, StridedViT
+from ..model.zoo import MODELS
 from . import cache
-from .model import Request, StridedViT
 
 OPSET = 17
 EXPORTER_VERSION = "3"  # 2: fp16 graph scales q before q.k^T; 3: fp16 graphs keep RoPE tables float32
@@ -125,7 +126,7 @@ class GraphSpec:
         return fields
 
     def metadata(self) -> dict[str, str]:
-        from .. import __version__
+        from ..version import __version__
 
         rope = {"dinofeat.rope_periods": self.rope_periods} if self.rope_periods else {}
         rope |= {"dinofeat.pos_interp": self.pos_interp} if self.pos_interp else {}
@@ -225,7 +226,7 @@ def export_onnx(vit: StridedViT, request: Request, height: int, width: int, *, p
              time.perf_counter() - t0)
     model = lower_to_opset17(model)
     model.producer_name = "dinofeat"
-    from .. import __version__
+    from ..version import __version__
 
     model.producer_version = __version__
     hw = "height, width" if dynamic else f"{spec.height}, {spec.width}"
@@ -500,8 +501,8 @@ def save_onnx(model, path) -> Path:
     onnx = _require_onnx()
     path = Path(path)
     if model.ByteSize() < MAX_PROTO_BYTES:
-        return cache.atomic_write_bytes(path, model.SerializeToString())
-    tmp = cache.temp_path(path.parent, path.name)
+        return atomic_write_bytes(path, model.SerializeToString())
+    tmp = temp_path(path.parent, path.name)
     onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
     return cache.atomic_move(tmp, path)
@@ -512,14 +513,14 @@ def _files_of(model, name: str, directory: Path) -> dict:
     onnx = _require_onnx()
     if model.ByteSize() < MAX_PROTO_BYTES:
         return {name: model.SerializeToString()}
-    tmp = cache.temp_path(directory, name)
+    tmp = temp_path(directory, name)
     onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=name + ".data", size_threshold=1024)
     return {name: tmp, name + ".data": directory / (name + ".data")}
 
 
 def weights_sha256(vit: StridedViT) -> str:
-    from ..weights import state_dict_sha256
+    from ..model.weights import state_dict_sha256
 
     return state_dict_sha256({k: v.detach().float().cpu() for k, v in vit.state_dict().items()})
 
@@ -578,7 +579,7 @@ def copy_onnx(src, dest) -> Path:
     if Path(str(src) + ".data").exists():
         onnx = _require_onnx()
         return save_onnx(onnx.load(str(src)), dest)
-    return cache.atomic_write_bytes(dest, Path(src).read_bytes())
+    return atomic_write_bytes(dest, Path(src).read_bytes())
 
 
 def _say(progress: bool, msg: str) -> None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, InputError
+from ..io import atomic_write_bytes
 from . import cache
 
 PRECISIONS = ("fp32", "tf32", "fp16")
@@ -328,7 +329,7 @@ def build_engine(onnx_path, *, precision: str = "fp32", profile: Profile = Profi
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     if timing is not None:
-        cache.atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 

@@ -10,6 +10,7 @@ packing workspace for one tile-sized GEMM, and O(T1 + T2).
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -23,7 +24,8 @@ _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 def native():
     """The compiled module ``dinofeat._native`` (BackendUnavailableError if the package was built without it)."""
     try:
-        from .. import _native
+        # importlib: the compiled module belongs to this layer, while `from .. import` would name the package root.
+        _native = importlib.import_module("dinofeat._native")
     except ImportError as e:
         raise BackendUnavailableError(
             "impl='cpu' needs the compiled extension dinofeat._native, which did not import "
@@ -173,5 +175,3 @@ def binned_levels(x: np.ndarray, grid, hierarchy: int) -> list[np.ndarray]:
     return [x] + [nat.box_average(x[None], int(grid[0]), int(grid[1]), k)[0] for k in range(1, hierarchy)]
 
 
-# The binned Best Buddies tile loop lives in cpu_binned.py (kept apart to keep this module small).
-from .cpu_binned import BINNED_TILING, TILINGS, BinnedTiling, best_buddies_binned, binned_plan, resolve_tiling  # noqa: E402, F401

@@ -80,9 +80,11 @@ def _with_pending(values, pending: list) -> BestBuddies:
 @functools.cache
 def native_available() -> bool:
     """True if the compiled extension ``dinofeat._native`` imports."""
+    from .cpu import native
+
     try:
-        from .. import _native  # noqa: F401
-    except ImportError:
+        native()
+    except BackendUnavailableError:
         return False
     return True
 
@@ -391,7 +393,7 @@ def best_buddies_binned(
         precision: "fp32" (default); "fp16"/"bf16" round the level maps to that type before the Gram GEMMs.
         impl: "auto" | "reference" | "cpu" | "cuda".
         tiling: CPU tile budget: "fast" (32-64 MiB of tiles) | "low_memory" (tiles within max(4 MiB, 6% of the
-            dense T1 x T2 fp32 S)) | a ``cpu.BinnedTiling``; None: ``$DINOFEAT_BINNED_TILING``, else "fast".
+            dense T1 x T2 fp32 S)) | a ``cpu_binned.BinnedTiling``; None: ``$DINOFEAT_BINNED_TILING``, else "fast".
             Same results either way.
 
     Returns:
@@ -427,10 +429,10 @@ def best_buddies_binned(
         res = reference.best_buddies_binned(x1, grid1, x2, grid2, hierarchy=hierarchy, precision=precision)
         return _with_pending([A.from_torch(r, o1) for r in res], pending)
     if impl == "cpu":
-        from . import cpu
+        from . import cpu_binned
 
-        res = cpu.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
-                                      hierarchy=hierarchy, precision=precision, tiling=tiling)
+        res = cpu_binned.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
+                                             hierarchy=hierarchy, precision=precision, tiling=tiling)
         return _with_pending([A.from_numpy(r, o1) for r in res], pending)
     from . import cuda
 

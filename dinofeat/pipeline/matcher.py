@@ -66,7 +66,7 @@ class Matcher:
                  overlap="auto", progress: bool = False):
         from ..engine.extractor import Extractor
         from ..engine.preprocess import check_load_size
-        from ..export.model import check_request
+        from ..model.vit import check_request
 
         num_pairs, thresh = check_match_args(num_pairs, thresh)
         if overlap not in ("auto", True, False):

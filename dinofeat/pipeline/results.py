@@ -153,15 +153,12 @@ class ResultWriter(PartialOutput):
     """
 
     def __init__(self, path, rows_per_group: int = 64, *, replay: bool = False):
-        import tempfile
-
         import pyarrow.parquet as pq
 
+        from ..io import temp_path
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".parquet.tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_path(self.path.parent, self.path.stem, suffix=".parquet.tmp")
         self.schema = result_schema(replay)
         self._writer = pq.ParquetWriter(str(self._tmp), self.schema)
         self._rows: list[dict] = []

@@ -56,7 +56,7 @@ class Client:
     def preprocess(self, image, name: str = "image"):
         """Image -> ((1, 3, H, W) float32 numpy at the repository's size, resized PIL image)."""
         from ..engine.preprocess import preprocess
-        from ..zoo import get_model_spec
+        from ..model.zoo import get_model_spec
 
         spec = get_model_spec(self.options["model"])
         batch, pil = preprocess(image, self.size, spec.mean, spec.std, name=name)

@@ -38,7 +38,7 @@ PARAMETER = "dinofeat"  # config.pbtxt parameter holding the options as JSON (mo
 class RepositoryOptions:
     """Everything a repository is made from (the defaults of `dinofeat serve triton-repo`)."""
 
-    model: str = "dino_vits8"       # zoo name (dinofeat/zoo.py)
+    model: str = "dino_vits8"       # zoo name (dinofeat/model/zoo.py)
     stride: int = 4                  # patch-embedding stride
     weights: str | None = None       # checkpoint file; None: the cached official file (downloaded if missing)
     layers: tuple[int, ...] = (9,)   # blocks whose facet dinofeat_vit outputs
@@ -58,14 +58,14 @@ class RepositoryOptions:
 
     def outputs(self) -> list[str]:
         """dinofeat_vit's outputs: one per layer (`key9`, ...) then `saliency`."""
-        from ..export.model import output_name
+        from ..model.vit import output_name
 
         return [output_name(layer, self.facet) for layer in dict.fromkeys(self.layers)] + ["saliency"]
 
 
 def check_options(o: RepositoryOptions) -> None:
-    from ..export.model import check_request
-    from ..zoo import get_model_spec
+    from ..model.vit import check_request
+    from ..model.zoo import get_model_spec
 
     if o.backend not in BACKENDS:
         raise InputError(f"backend={o.backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -89,7 +89,7 @@ def check_options(o: RepositoryOptions) -> None:
 
 
 def num_patches(o: RepositoryOptions) -> tuple[int, int]:
-    from ..zoo import get_model_spec
+    from ..model.zoo import get_model_spec
 
     p = get_model_spec(o.model).patch_size
     return 1 + (o.height - p) // o.stride, 1 + (o.width - p) // o.stride
@@ -184,9 +184,9 @@ def write_repository(out, options: RepositoryOptions | None = None, *, overwrite
 def _fill(root: Path, o: RepositoryOptions, progress: bool) -> None:
     import torch
 
-    from ..export.model import Request, build_vit
-    from ..weights import load_weights
-    from ..zoo import get_model_spec
+    from ..model.vit import Request, build_vit
+    from ..model.weights import load_weights
+    from ..model.zoo import get_model_spec
 
     spec = get_model_spec(o.model)
     loaded = load_weights(spec, o.weights, progress=progress)

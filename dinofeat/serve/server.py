@@ -42,7 +42,7 @@ class ServerBinary:
 
 
 def triton_home() -> Path:
-    from ..weights import cache_dir
+    from ..model.weights import cache_dir
 
     env = os.environ.get("DINOFEAT_TRITON_HOME")
     return Path(env).expanduser() if env else cache_dir() / "tritonserver"

@@ -60,7 +60,7 @@ class VitModel:
 
     def initialize(self, args) -> None:
         from ..engine.extractor import Extractor
-        from ..export.model import Request
+        from ..model.vit import Request
 
         options, device = _setup(args)
         weights = Path(args["model_repository"]) / str(args["model_version"]) / options["weights_file"]
@@ -140,7 +140,7 @@ class MatchModel:
     """dinofeat_match: both images' ViT outputs (batch 1) -> every field in `wire.FIELDS` (batch 1)."""
 
     def initialize(self, args) -> None:
-        from ..zoo import get_model_spec
+        from ..model.zoo import get_model_spec
 
         self.options, self.device = _setup(args)
         self.patch_size = get_model_spec(self.options["model"]).patch_size

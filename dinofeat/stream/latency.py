@@ -232,10 +232,10 @@ def _device_sync(device):
 def machine_info() -> dict:
     import torch
 
-    import dinofeat
+    from ..version import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "dinofeat": dinofeat.__version__}
+                "dinofeat": __version__}
     try:
         import onnxruntime
 

@@ -66,7 +66,7 @@ class FrameStream:
         self.extractor = extractor or self.extractor_config.build(progress=progress)
         ex, mc = self.extractor, self.match_config
         check_load_size(self.extractor_config.load_size, ex.patch_size)
-        from ..export.model import check_request  # noqa: PLC0415 - model rules checked once, here
+        from ..model.vit import check_request  # noqa: PLC0415 - model rules checked once, here
 
         check_request(ex.spec, mc.layer, mc.facet)
         self.device = ex.device

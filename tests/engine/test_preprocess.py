@@ -9,7 +9,7 @@ from PIL import Image
 
 from dinofeat.engine.preprocess import load_image, preprocess, resized_size
 from dinofeat.errors import InputError
-from dinofeat.zoo import IMAGENET_MEAN, IMAGENET_STD
+from dinofeat.model.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _pre(image, load_size=224):

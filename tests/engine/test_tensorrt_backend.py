@@ -21,9 +21,9 @@ from testutil import rel_err
 from dinofeat.errors import BackendUnavailableError, InputError
 from dinofeat.export import cache
 from dinofeat.export import tensorrt as trt_export
-from dinofeat.export.model import Request, StridedViT
+from dinofeat.model.vit import Request, StridedViT
+from dinofeat.model.zoo import get_model_spec
 from dinofeat.testing import deterministic_weights
-from dinofeat.zoo import get_model_spec
 
 GPU = {"name": "NVIDIA Fake GPU", "compute_capability": "8.7", "index": 0}
 

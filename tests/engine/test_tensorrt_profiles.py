@@ -13,9 +13,9 @@ from test_tensorrt_backend import GPU, _Context, _FakeCuda, _FakeEngine, _Stream
 
 from dinofeat.errors import InputError
 from dinofeat.export import tensorrt as trt_export
-from dinofeat.export.model import Request, StridedViT
 from dinofeat.export.tensorrt import ShapeProfile, bucket_profiles, parse_shape, select_profile
-from dinofeat.zoo import get_model_spec
+from dinofeat.model.vit import Request, StridedViT
+from dinofeat.model.zoo import get_model_spec
 
 REQ = Request(facets=((9, "key"),), saliency=True)
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from testutil import rel_err
 
-from dinofeat.export.model import Request, StridedViT, resample_position_table
+from dinofeat.model.vit import Request, StridedViT, resample_position_table
+from dinofeat.model.zoo import get_model_spec
 from dinofeat.testing import deterministic_state_dict
-from dinofeat.zoo import get_model_spec
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402

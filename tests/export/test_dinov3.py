@@ -18,7 +18,7 @@ import torch
 from testutil import rel_err
 
 from dinofeat.errors import WeightsError
-from dinofeat.export.dinov3 import (
+from dinofeat.model.dinov3 import (
     detect_layout,
     dinov3_to_native,
     native_shapes,
@@ -26,10 +26,10 @@ from dinofeat.export.dinov3 import (
     official_dinov3_shapes,
     official_periods,
 )
-from dinofeat.export.model import Request, StridedViT, build_vit, rope_axis_coords, rope_sincos
+from dinofeat.model.vit import Request, StridedViT, build_vit, rope_axis_coords, rope_sincos
+from dinofeat.model.weights import load_weights
+from dinofeat.model.zoo import get_model_spec
 from dinofeat.testing import deterministic_state_dict, deterministic_weights
-from dinofeat.weights import load_weights
-from dinofeat.zoo import get_model_spec
 
 timm = pytest.importorskip("timm")
 from timm.layers import apply_rot_embed_cat  # noqa: E402

@@ -25,7 +25,9 @@ from dinofeat.export.dynamic import (  # noqa: E402
     offset_matrix,
     size_matrix,
 )
-from dinofeat.export.model import (  # noqa: E402
+from dinofeat.export.onnx import check_graph, get_onnx, graph_spec, tensorrt_unsupported_ops  # noqa: E402
+from dinofeat.model.posembed import grid_size  # noqa: E402
+from dinofeat.model.vit import (  # noqa: E402
     Request,
     StridedViT,
     recomputed_periods,
@@ -33,10 +35,8 @@ from dinofeat.export.model import (  # noqa: E402
     rope_sincos,
     with_pos_interp,
 )
-from dinofeat.export.onnx import check_graph, get_onnx, graph_spec, tensorrt_unsupported_ops  # noqa: E402
-from dinofeat.export.posembed import grid_size  # noqa: E402
+from dinofeat.model.zoo import get_model_spec  # noqa: E402
 from dinofeat.testing import deterministic_state_dict  # noqa: E402
-from dinofeat.zoo import get_model_spec  # noqa: E402
 
 REQ = Request(facets=((0, "key"), (1, "token")), saliency=True)
 # non-square, odd patch counts, the native grid (the models' early exit: 116 px = 28 windows of the 28x28 DINO
@@ -154,8 +154,8 @@ def test_cli_dynamic_flag_is_documented(capsys):
 def test_cli_dynamic_export_full_model(vits8_weights_file, tmp_path, capsys):
     """The issue's command on the 12-block ViT-S/8: `dinofeat export --dynamic`, parity at 6 sizes."""
     from dinofeat.cli import main
-    from dinofeat.export.model import build_vit
-    from dinofeat.weights import load_weights
+    from dinofeat.model.vit import build_vit
+    from dinofeat.model.weights import load_weights
 
     out = tmp_path / "dyn.onnx"
     rc = main(["export", "--model", "dino_vits8", "--stride", "4", "--size", "224x224", "--layer", "9",

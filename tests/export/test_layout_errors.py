@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dinofeat.errors import WeightsError, WeightsWarning
+from dinofeat.model.weights import load_weights
 from dinofeat.testing import deterministic_weights
-from dinofeat.weights import load_weights
 
 MODEL = "dinov2_vits14"
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from dinofeat.errors import WeightsError
-from dinofeat.export.layouts import native_shapes, to_native
-from dinofeat.export.model import Request, StridedViT
+from dinofeat.model.layouts import native_shapes, to_native
+from dinofeat.model.vit import Request, StridedViT
+from dinofeat.model.zoo import MODELS
 from dinofeat.testing import deterministic_state_dict, deterministic_weights
-from dinofeat.zoo import MODELS
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
@@ -345,12 +345,12 @@ def test_integer_tensors_rejected(vits8):
 
 
 def test_dinov3_without_its_mapping_module(vits8, monkeypatch):
-    monkeypatch.setitem(sys.modules, "dinofeat.export.dinov3", None)  # as if dinov3.py were absent
+    monkeypatch.setitem(sys.modules, "dinofeat.model.dinov3", None)  # as if dinov3.py were absent
     with pytest.raises(WeightsError, match=r"dinov3\.py.*looks like dino_vits8; pass model='dino_vits8'"):
         to_native(MODELS["dinov3_vits16"], vits8)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dinofeat.export.dinov3") is None, reason="no dinofeat/export/dinov3.py")
+@pytest.mark.skipif(importlib.util.find_spec("dinofeat.model.dinov3") is None, reason="no dinofeat/model/dinov3.py")
 def test_dinov3_is_delegated():
     spec = small("dinov3_vits16", depth=1)
     sd = official(spec)  # native names: dinov3_to_native passes them through; then validated here

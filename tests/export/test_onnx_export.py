@@ -22,7 +22,6 @@ from onnx import TensorProto  # noqa: E402
 
 from dinofeat.errors import InputError  # noqa: E402
 from dinofeat.export import cache  # noqa: E402
-from dinofeat.export.model import Request, StridedViT  # noqa: E402
 from dinofeat.export.onnx import (  # noqa: E402
     GraphCheckError,
     check_graph,
@@ -35,8 +34,9 @@ from dinofeat.export.onnx import (  # noqa: E402
     tensorrt_op_table,
     tensorrt_unsupported_ops,
 )
+from dinofeat.model.vit import Request, StridedViT  # noqa: E402
+from dinofeat.model.zoo import get_model_spec  # noqa: E402
 from dinofeat.testing import deterministic_weights  # noqa: E402
-from dinofeat.zoo import get_model_spec  # noqa: E402
 
 H, W = 64, 96
 KEY_SAL = Request(facets=((9, "key"),), saliency=True)
@@ -136,7 +136,7 @@ def test_position_table_is_a_constant(vit, plain):
 def test_other_families_export_and_match(name, stride, h, w):
     """Registers + LayerScale + antialiased table (DINOv2 _reg) and RoPE (DINOv3) through the same graph. DINOv3
     runs with bfloat16-rounded checkpoint periods: the graph bakes exactly the torch model's RoPE tables."""
-    from dinofeat.export.dinov3 import official_periods
+    from dinofeat.model.dinov3 import official_periods
 
     spec = get_model_spec(name)
     periods = official_periods(spec).to(torch.bfloat16).float() if spec.pos == "rope" else None

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from dinofeat.errors import InputError
-from dinofeat.export.model import POS_INTERP, Request, StridedViT, resample_position_table, with_pos_interp
 from dinofeat.export.onnx import graph_spec
+from dinofeat.model.vit import POS_INTERP, Request, StridedViT, resample_position_table, with_pos_interp
+from dinofeat.model.zoo import get_model_spec
 from dinofeat.testing import deterministic_weights
-from dinofeat.zoo import get_model_spec
 
 SPEC = get_model_spec("dinov2_vits14")
 

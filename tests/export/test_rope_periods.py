@@ -15,11 +15,11 @@ import torch
 
 import dinofeat
 from dinofeat.errors import InputError
-from dinofeat.export.dinov3 import official_bias_mask, official_dinov3_shapes, official_periods
-from dinofeat.export.model import Request, build_vit
+from dinofeat.model.dinov3 import official_bias_mask, official_dinov3_shapes, official_periods
+from dinofeat.model.vit import Request, build_vit
+from dinofeat.model.weights import load_weights
+from dinofeat.model.zoo import get_model_spec
 from dinofeat.testing import deterministic_state_dict
-from dinofeat.weights import load_weights
-from dinofeat.zoo import get_model_spec
 
 SPEC = get_model_spec("dinov3_vits16")
 BF16 = official_periods(SPEC).to(torch.bfloat16).float()

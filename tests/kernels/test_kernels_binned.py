@@ -78,25 +78,25 @@ def test_cpu_tiling_bands_and_steps(needs_native):
     k1, k2 = _keys(g1, 5, 5).numpy(), _keys(g2, 5, 6).numpy()
     ref, s = dense_oracle(torch.from_numpy(k1), g1, torch.from_numpy(k2), g2)
     for budget, rows in ((1, 1), (20_000, 8), (30_000, 3)):
-        tiling = cpu.BinnedTiling(budget_bytes=budget, min_gemm_rows=rows)
-        step, band = cpu.binned_plan(g1, g2, 2, tiling, channels=5)
+        tiling = cpu_binned.BinnedTiling(budget_bytes=budget, min_gemm_rows=rows)
+        step, band = cpu_binned.binned_plan(g1, g2, 2, tiling, channels=5)
         assert band < g2[0] and step < g1[0]
-        check_bb_against(cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling), ref, s, tie_tol=1e-6)
-        low = cpu.best_buddies_binned(k1, g1, k2, g2, tiling=tiling, precision="bf16")  # one GEMM per level
-        full = cpu.best_buddies_binned(k1, g1, k2, g2, precision="bf16")
+        check_bb_against(cpu_binned.best_buddies_binned(k1, g1, k2, g2, tiling=tiling), ref, s, tie_tol=1e-6)
+        low = cpu_binned.best_buddies_binned(k1, g1, k2, g2, tiling=tiling, precision="bf16")  # one GEMM per level
+        full = cpu_binned.best_buddies_binned(k1, g1, k2, g2, precision="bf16")
         assert all(np.array_equal(a, b) for a, b in zip(low, full, strict=True))
 
 
 def test_low_memory_tiles_fit_the_budget_of_the_dense_s():
     """The "low_memory" plan's tiles stay within max(4 MiB, 6% of the dense fp32 S); "fast" within max(32 MiB, 6% of
     S), at most 64 MiB."""
-    low, fast = cpu.TILINGS["low_memory"], cpu.TILINGS["fast"]
+    low, fast = cpu_binned.TILINGS["low_memory"], cpu_binned.TILINGS["fast"]
     for g1, g2 in (((55, 83), (55, 55)), ((79, 119), (79, 79)), ((119, 179), (119, 119)), ((3, 9), (4, 4))):
         t1, t2 = g1[0] * g1[1], g2[0] * g2[1]
-        step, band = cpu.binned_plan(g1, g2, 2, low)
+        step, band = cpu_binned.binned_plan(g1, g2, 2, low)
         _, nbytes = cpu_binned._plan_cost(g1, g2, 384, step, band, 2, True)
         assert nbytes <= max(0.06 * 4 * t1 * t2, 4 << 20), (g1, step, band, nbytes)
-        _, nbytes = cpu_binned._plan_cost(g1, g2, 384, *cpu.binned_plan(g1, g2, 2, fast), 2, True)
+        _, nbytes = cpu_binned._plan_cost(g1, g2, 384, *cpu_binned.binned_plan(g1, g2, 2, fast), 2, True)
         assert nbytes <= min(max(32 << 20, 0.06 * 4 * t1 * t2), 64 << 20)
 
 
@@ -104,9 +104,9 @@ def test_tiling_presets_by_name_and_environment(monkeypatch, needs_native):
     g1, g2 = (13, 11), (12, 9)
     k1, k2 = _keys(g1, 6, 21), _keys(g2, 6, 22)
     runs = [kernels.best_buddies_binned(k1, g1, k2, g2, impl="cpu", tiling=t) for t in
-            ("fast", "low_memory", cpu.BinnedTiling(budget_bytes=1))]
+            ("fast", "low_memory", cpu_binned.BinnedTiling(budget_bytes=1))]
     monkeypatch.setenv("DINOFEAT_BINNED_TILING", "low_memory")
-    assert cpu.resolve_tiling() is cpu.TILINGS["low_memory"]
+    assert cpu_binned.resolve_tiling() is cpu_binned.TILINGS["low_memory"]
     runs.append(kernels.best_buddies_binned(k1, g1, k2, g2, impl="cpu"))
     for r in runs[1:]:  # the same sums whatever the tiles
         assert all(torch.equal(a, b) for a, b in zip(runs[0], r, strict=True))

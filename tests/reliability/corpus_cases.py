@@ -25,8 +25,8 @@ from PIL import Image
 import dinofeat
 from dinofeat import kernels
 from dinofeat.errors import InputError, OutputError, WeightsError
+from dinofeat.model.zoo import MODELS
 from dinofeat.testing import deterministic_weights
-from dinofeat.zoo import MODELS
 
 LOAD = 16  # load size of the corpus: a 3x3 .. 5x5 patch grid at stride 4, milliseconds per image
 
@@ -183,7 +183,7 @@ def pre(ctx: Ctx, image, load_size=LOAD):
 
 
 def load_weights_file(ctx: Ctx, path):
-    from dinofeat.weights import load_weights
+    from dinofeat.model.weights import load_weights
 
     return load_weights(MODELS["dino_vits8"], path)
 
@@ -491,7 +491,7 @@ def _save(path: Path) -> Path:
 
 
 def _download(ctx: Ctx, **kw):
-    from dinofeat.weights import download_weights
+    from dinofeat.model.weights import download_weights
 
     return download_weights("dino_vits8", url="http://127.0.0.1:9/w.pth", dest_dir=ctx.tmp / "dl", progress=False,
                             timeout=5, **kw)

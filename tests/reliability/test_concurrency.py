@@ -108,10 +108,10 @@ def _cache_child(url: str, cache: str, barrier, results) -> None:
     try:
         import onnx
 
-        from dinofeat.export.model import Request, StridedViT
         from dinofeat.export.onnx import get_onnx
-        from dinofeat.weights import file_sha256, load_weights
-        from dinofeat.zoo import MODELS
+        from dinofeat.model.vit import Request, StridedViT
+        from dinofeat.model.weights import file_sha256, load_weights
+        from dinofeat.model.zoo import MODELS
 
         spec = dataclasses.replace(MODELS["dino_vits8"], url=url, sha256=None)
         barrier.wait(timeout=120)
@@ -159,10 +159,10 @@ def shared_cache(tmp_path_factory) -> Path:
 def _corrupt_onnx_entry(root: Path, weights_file: Path) -> tuple[str, str]:
     """Store, under the key get_onnx will compute, an entry whose graph bytes changed after it was stored."""
     from dinofeat.export import cache
-    from dinofeat.export.model import Request, StridedViT
     from dinofeat.export.onnx import graph_spec
-    from dinofeat.weights import file_sha256
-    from dinofeat.zoo import MODELS
+    from dinofeat.model.vit import Request, StridedViT
+    from dinofeat.model.weights import file_sha256
+    from dinofeat.model.zoo import MODELS
 
     with torch.device("meta"):
         vit = StridedViT(MODELS["dino_vits8"], 4)

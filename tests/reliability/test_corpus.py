@@ -280,8 +280,8 @@ def test_corrupt_cache_entries_are_rebuilt_not_used(tmp_path, extractor):
     import warnings
 
     from dinofeat.export import cache
-    from dinofeat.export.model import Request
     from dinofeat.export.onnx import graph_spec
+    from dinofeat.model.vit import Request
 
     vit, req, sha = extractor.backend.model, Request(facets=((0, "key"),)), extractor.weights_sha256
     # The entry get_onnx would look up (same key), holding a graph whose bytes were changed after it was stored.

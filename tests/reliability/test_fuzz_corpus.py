@@ -9,7 +9,7 @@ import pytest
 
 from dinofeat.engine.preprocess import load_image
 from dinofeat.errors import InputError, WeightsError
-from dinofeat.weights import load_weights
+from dinofeat.model.weights import load_weights
 
 CHECKPOINT_CRASHES = [
     # BadZipFile escaped from zipfile.is_zipfile (a ZIP64 end record naming several disks)

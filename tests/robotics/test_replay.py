@@ -256,8 +256,8 @@ def test_bad_input_is_one_line_and_a_bad_frame_is_its_row(bags, frames, configs,
 
 @pytest.fixture(scope="module")
 def real_weights(tmp_path_factory):
-    from dinofeat import weight_sources as ws
     from dinofeat.errors import WeightsError
+    from dinofeat.model import weight_sources as ws
 
     cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("DINOFEAT_CACHE")

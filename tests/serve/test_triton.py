@@ -42,9 +42,9 @@ def server_binary():
 
 
 def test_onnxruntime_configs_parse_with_tritons_message_and_match_the_export():
-    from dinofeat.export.model import Request, StridedViT
     from dinofeat.export.onnx import INPUT_NAME, output_shapes
-    from dinofeat.zoo import get_model_spec
+    from dinofeat.model.vit import Request, StridedViT
+    from dinofeat.model.zoo import get_model_spec
 
     o = RepositoryOptions(layers=(9, 11), height=64, width=96, max_batch=16, instance_kind="gpu", instances=2)
     vit = repository.vit_config(o, 384)
@@ -126,10 +126,10 @@ def test_onnxruntime_repository_serves_every_size(tmp_path, vits8_weights_file, 
     import tritonclient.http as tc
     from testutil import rel_err
 
-    from dinofeat.export.model import Request, build_vit
+    from dinofeat.model.vit import Request, build_vit
+    from dinofeat.model.weights import load_weights
+    from dinofeat.model.zoo import get_model_spec
     from dinofeat.serve import Client, TritonServer
-    from dinofeat.weights import load_weights
-    from dinofeat.zoo import get_model_spec
 
     repo = repository.write_repository(tmp_path / "repo", RepositoryOptions(
         weights=str(vits8_weights_file), backend="onnxruntime-python", height=SIZE, width=SIZE, max_batch=4))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import InputError
-from ...export.model import StridedViT
+from ...model.vit import StridedViT
 from .base import Backend
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ...export.model import Request
+from ...model.vit import Request
 
 
 @runtime_checkable

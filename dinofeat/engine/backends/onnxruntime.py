@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ...errors import BackendUnavailableError, InputError
-from ...export.model import Request, StridedViT
+from ...model.vit import Request, StridedViT
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PRECISIONS = ("fp32", "tf32", "fp16")
@@ -191,7 +191,7 @@ class OnnxRuntimeBackend:
         weights_id: SHA-256 of the weights (cache key).
         optimize: use the ORT transformer-fused graph where the provider can run it.
         threads: CPU intra-op threads (default: usable cores).
-        cache_dir: cache root (default: `dinofeat.weights.cache_dir()`).
+        cache_dir: cache root (default: `dinofeat.model.weights.cache_dir()`).
         use_tensorrt: put the TensorRT EP first when onnxruntime offers it (CUDA devices).
         max_batch: largest batch of the TensorRT EP profile.
     """
@@ -339,24 +339,24 @@ def create_session(model="dino_vits8", stride: int = 4, height: int = 224, width
     """An `onnxruntime.InferenceSession` for (model, stride, H, W), for benchmarks and tools.
 
     Args:
-        model: zoo name (weights from `weights=`, see `dinofeat.weights.load_weights`) or a loaded `StridedViT`.
+        model: zoo name (weights from `weights=`, see `dinofeat.model.weights.load_weights`) or a loaded `StridedViT`.
         layer, facet, saliency: the outputs (layer may be a list).
         optimize: the ORT transformer-fused graph (fp32) instead of the plain one.
-        rope_periods: RoPE models loaded by name: "checkpoint" | "recompute" (`dinofeat.export.model.ROPE_PERIODS`).
+        rope_periods: RoPE models loaded by name: "checkpoint" | "recompute" (`dinofeat.model.vit.ROPE_PERIODS`).
         pos_interp: learned position tables, models loaded by name: None (the zoo's) | "offset" | "size" |
-            "antialias" (`dinofeat.export.model.POS_INTERP`).
+            "antialias" (`dinofeat.model.vit.POS_INTERP`).
 
     Returns:
         ``(session, input_name, output_names)``; feed ``{input_name: (B, 3, H, W) float32 array}``.
     """
-    from ...export.model import build_vit, check_request
     from ...export.onnx import INPUT_NAME, weights_sha256
+    from ...model.vit import build_vit, check_request
 
     if isinstance(model, StridedViT):
         vit, weights_id = model.float().cpu().eval(), weights_sha256(model)
     else:
-        from ...weights import load_weights
-        from ...zoo import get_model_spec
+        from ...model.weights import load_weights
+        from ...model.zoo import get_model_spec
 
         spec = get_model_spec(model)
         loaded = load_weights(spec, weights, progress=progress)

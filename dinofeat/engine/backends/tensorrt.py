@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import BackendError, BackendUnavailableError, InputError
-from ...export.model import Request, StridedViT
+from ...model.vit import Request, StridedViT
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
                  "INT64": torch.int64, "BOOL": torch.bool}

@@ -14,7 +14,7 @@ import threading
 
 import torch
 
-from ...export.model import Request, StridedViT, resample_position_table
+from ...model.vit import Request, StridedViT, resample_position_table
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

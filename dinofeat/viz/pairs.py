@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import OutputError
-from .export.cache import _FILE_MODE
+from ..errors import OutputError
 
 
 def pair_colors(n: int) -> list[tuple[int, int, int]]:
@@ -59,35 +57,3 @@ def check_output_path(path: str | os.PathLike, flag: str = "output") -> Path:
     return path
 
 
-def atomic_save(path: str | os.PathLike, write, flag: str = "output") -> Path:
-    """Call write(tmp_path) on a temp file beside `path`, then rename it into place (never a half-written file).
-
-    A missing directory is created. OSErrors (a file in the way, a read-only directory, a full disk) raise
-    OutputError naming `flag` and the path; the temp file is removed and an existing file at `path` survives.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"{flag} {str(path)!r}: cannot create the file or its directory ({e})") from None
-    os.close(fd)
-    try:
-        os.chmod(tmp, _FILE_MODE)  # what open() would give; mkstemp's 0600 would hide outputs from other users
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{flag} {str(path)!r}: writing failed ({e}); nothing was written"
-                          + (", the previous file is unchanged" if path.exists() else "")) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-# The applications' drawers live in viz_apps.py (kept apart to keep this module small).
-from .viz_apps import draw_cosegmentation, draw_mask, draw_parts, draw_pca, pca_images  # noqa: E402
-
-__all__ = ["atomic_save", "draw_correspondences", "draw_cosegmentation", "draw_mask", "draw_parts", "draw_pca",
-           "pair_colors", "pca_images"]
