@@ -3,6 +3,7 @@ never imports `benchmarks`, no import cycle) and no module of the package over 6
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -38,3 +39,39 @@ def test_no_module_of_the_package_exceeds_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "dinofeat").rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert set(long) <= OVERSIZED, {k: v for k, v in long.items() if k not in OVERSIZED}
+
+
+# Modules moved by issue 20: the old path stays one release, warns, and is the very same module object (so
+# monkeypatching either name patches both).
+MOVED = {
+    "dinofeat.zoo": "dinofeat.model.zoo",
+    "dinofeat.weights": "dinofeat.model.weights",
+    "dinofeat.weight_sources": "dinofeat.model.weight_sources",
+    "dinofeat.export.model": "dinofeat.model.vit",
+    "dinofeat.export.posembed": "dinofeat.model.posembed",
+    "dinofeat.export.layouts": "dinofeat.model.layouts",
+    "dinofeat.export.layout_names": "dinofeat.model.layout_names",
+    "dinofeat.export.dinov3": "dinofeat.model.dinov3",
+    "dinofeat.export.hf_config": "dinofeat.model.hf_config",
+    "dinofeat.viz_apps": "dinofeat.viz.apps",
+    "dinofeat.viz_eval": "dinofeat.viz.evaluation",
+}
+
+
+def test_old_import_paths_warn_and_alias_the_moved_modules():
+    code = (
+        "import importlib, json, warnings\n"
+        f"moved = {MOVED!r}\n"
+        "out = {}\n"
+        "for old, new in moved.items():\n"
+        "    with warnings.catch_warnings(record=True) as w:\n"
+        "        warnings.simplefilter('always')\n"
+        "        m = importlib.import_module(old)\n"
+        "    out[old] = [m is importlib.import_module(new),\n"
+        "                any(issubclass(x.category, DeprecationWarning) and new in str(x.message) for x in w)]\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {old: [True, True] for old in MOVED}, result
