@@ -38,14 +38,9 @@ __global__ void bb_row_norm(const Tin* __restrict__ x, float* __restrict__ norms
       const float v = to_float(row[c]);
       ss += v * v;
     }
-    red[threadIdx.x] = ss;
-    __syncthreads();
-    for (unsigned int half = blockDim.x / 2; half > 0; half >>= 1) {
-      if (threadIdx.x < half) red[threadIdx.x] += red[threadIdx.x + half];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) norms[r] = fmaxf(sqrtf(red[0]), DF_COS_EPS);
-    __syncthreads();
+    const float total = block_sum(red, ss);
+    if (threadIdx.x == 0) norms[r] = fmaxf(sqrtf(total), DF_COS_EPS);
+    __syncthreads();  // red is rewritten by the next row
   }
 }
 
