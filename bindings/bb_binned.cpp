@@ -11,10 +11,6 @@
 #include <limits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "bb_binned_common.cuh"
 #include "best_buddies_common.cuh"
 #include "cpu_kernels.hpp"
@@ -51,11 +47,7 @@ void bb_binned_fold(const BinnedGeom& g, int a0, int a1, int b0, int b1, const f
 
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_id();
     const int64_t lo = i0 + (i1 - i0) * tid / nt, hi = i0 + (i1 - i0) * (tid + 1) / nt;
     std::vector<float> acc(static_cast<size_t>(g.w2));
     float* pv = part_val.data() + static_cast<size_t>(tid) * ncols;

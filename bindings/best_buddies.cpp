@@ -28,14 +28,18 @@ int max_threads() {
 #endif
 }
 
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 void row_norms(const float* x, float* norms, int64_t rows, int64_t ch) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* p = x + r * ch;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < ch; ++c) s += static_cast<double>(p[c]) * p[c];
-    norms[r] = std::max(static_cast<float>(std::sqrt(s)), DF_COS_EPS);
+    norms[r] = std::max(static_cast<float>(std::sqrt(squared_norm(x + r * ch, ch))), DF_COS_EPS);
   }
 }
 
@@ -50,11 +54,7 @@ void bb_epilogue(const float* s, int64_t rows, int64_t cols, int64_t ld, int64_t
 
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_id();
     const int64_t j0 = cols * tid / nt, j1 = cols * (tid + 1) / nt, n = j1 - j0;
     std::vector<float> v(static_cast<size_t>(n));
     float* cv = col_val + j0;

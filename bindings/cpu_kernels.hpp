@@ -47,5 +47,15 @@ void bb_binned_box_gram(const float* g0, int64_t ld0, int r_lo0, int c_lo0, int 
                         int r_lo, int r_hi, int c_lo, int c_hi, float* out);
 
 int max_threads();
+// This thread's number inside an OpenMP parallel region, 0 .. max_threads() - 1 (0 without OpenMP).
+int thread_id();
+
+// ||p||^2 of one row of `channels` floats, summed in double (vectorised): row_norms, squared_norms.
+inline double squared_norm(const float* p, int64_t channels) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < channels; ++c) s += static_cast<double>(p[c]) * p[c];
+  return s;
+}
 
 }  // namespace dinofeat::cpu

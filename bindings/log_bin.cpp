@@ -83,13 +83,7 @@ inline void store_fence() {
 
 void squared_norms(const float* maps, double* out, int64_t n_rows, int64_t ch) {
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const float* p = maps + r * ch;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < ch; ++c) s += static_cast<double>(p[c]) * p[c];
-    out[r] = s;
-  }
+  for (int64_t r = 0; r < n_rows; ++r) out[r] = squared_norm(maps + r * ch, ch);
 }
 
 void log_bin(const float* in, float* out, float* norm, float* workspace, int64_t batch, int hp, int wp, int64_t ch,
@@ -111,7 +105,7 @@ void log_bin(const float* in, float* out, float* norm, float* workspace, int64_t
     sq.resize(static_cast<size_t>(hierarchy * batch * tokens));
     for (int k = 0; k < hierarchy; ++k) squared_norms(level[k], sq.data() + k * batch * tokens, batch * tokens, ch);
   }
-  BinOffset offs[1 + 8 * 16];
+  BinOffset offs[1 + 8 * DF_LOG_BIN_MAX_LEVELS];
   for (int i = 0; i < nb; ++i) offs[i] = bin_offset(i);
 #pragma omp parallel
   {

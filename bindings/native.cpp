@@ -33,12 +33,41 @@ py::array_t<T, py::array::c_style> exact(const py::handle& obj, const char* name
   return a;
 }
 
+// The running maxima a fold updates in place: row_val / row_idx (rows entries), col_val / col_idx (cols entries),
+// checked, with their data pointers taken while the GIL is held.
+struct Running {
+  F32 rv;
+  I64 ri;
+  F32 cv;
+  I64 ci;
+  float* row_val;
+  int64_t* row_idx;
+  float* col_val;
+  int64_t* col_idx;
+  Running(const py::handle& rv_obj, const py::handle& ri_obj, const py::handle& cv_obj, const py::handle& ci_obj,
+          int64_t rows, int64_t cols, const std::string& fn)
+      : rv(exact<float>(rv_obj, "row_val", 1)),
+        ri(exact<int64_t>(ri_obj, "row_idx", 1)),
+        cv(exact<float>(cv_obj, "col_val", 1)),
+        ci(exact<int64_t>(ci_obj, "col_idx", 1)) {
+    if (rv.shape(0) != rows || ri.shape(0) != rows)
+      throw py::value_error(fn + ": row_val / row_idx need " + std::to_string(rows) + " entries");
+    if (cv.shape(0) != cols || ci.shape(0) != cols)
+      throw py::value_error(fn + ": col_val / col_idx need " + std::to_string(cols) + " entries");
+    row_val = rv.mutable_data();
+    row_idx = ri.mutable_data();
+    col_val = cv.mutable_data();
+    col_idx = ci.mutable_data();
+  }
+};
+
 py::tuple log_bin(const py::handle& x_obj, int hp, int wp, int hierarchy, bool want_norm, const py::handle& out_obj,
                   const py::handle& work_obj) {
   auto x = exact<float>(x_obj, "x", 3);
   const int64_t b = x.shape(0), t = x.shape(1), c = x.shape(2);
   if (hp < 0 || wp < 0 || static_cast<int64_t>(hp) * wp != t) throw py::value_error("log_bin: hp * wp != T");
-  if (hierarchy < 1 || hierarchy > 16) throw py::value_error("log_bin: hierarchy must be in 1..16");
+  if (hierarchy < 1 || hierarchy > DF_LOG_BIN_MAX_LEVELS)
+    throw py::value_error("log_bin: hierarchy must be in 1..DF_LOG_BIN_MAX_LEVELS");
   const int64_t nb = 1 + 8 * hierarchy;
   // out / work: the caller's buffers when given (reused: no first-touch page faults), else numpy allocations
   // (numpy asks for huge pages on big buffers: fewer page faults)
@@ -90,19 +119,10 @@ void bb_epilogue(const py::handle& s_obj, int64_t row0, const py::handle& rs_obj
     if (cs_a->shape(0) != cols) throw py::value_error("bb_epilogue: col_scale must have s.shape[1] entries");
     cs = cs_a->data();
   }
-  auto rv = exact<float>(rv_obj, "row_val", 1);
-  auto ri = exact<int64_t>(ri_obj, "row_idx", 1);
-  auto cv = exact<float>(cv_obj, "col_val", 1);
-  auto ci = exact<int64_t>(ci_obj, "col_idx", 1);
-  if (rv.shape(0) != rows || ri.shape(0) != rows) throw py::value_error("bb_epilogue: row outputs need s.shape[0]");
-  if (cv.shape(0) != cols || ci.shape(0) != cols) throw py::value_error("bb_epilogue: col state needs s.shape[1]");
+  const Running run(rv_obj, ri_obj, cv_obj, ci_obj, rows, cols, "bb_epilogue");
   const float* sp = s.data();
-  float* rvp = rv.mutable_data();
-  int64_t* rip = ri.mutable_data();
-  float* cvp = cv.mutable_data();
-  int64_t* cip = ci.mutable_data();
   py::gil_scoped_release nogil;
-  dinofeat::cpu::bb_epilogue(sp, rows, cols, cols, row0, rs, cs, rvp, rip, cvp, cip);
+  dinofeat::cpu::bb_epilogue(sp, rows, cols, cols, row0, rs, cs, run.row_val, run.row_idx, run.col_val, run.col_idx);
 }
 
 // ---- binned Best Buddies (issue 10)
@@ -111,12 +131,13 @@ F32 box_average(const py::handle& x_obj, int hp, int wp, int level) {
   auto x = exact<float>(x_obj, "x", 3);
   const int64_t b = x.shape(0), t = x.shape(1), c = x.shape(2);
   if (hp < 0 || wp < 0 || static_cast<int64_t>(hp) * wp != t) throw py::value_error("box_average: hp * wp != T");
-  if (level < 1 || level > 8) throw py::value_error("box_average: level must be in 1..8");
+  if (level < 1 || level >= DF_LOG_BIN_MAX_LEVELS)
+    throw py::value_error("box_average: level must be in 1..DF_LOG_BIN_MAX_LEVELS - 1");
   F32 out({b, t, c});
   const float* xp = x.data();
   float* op = out.mutable_data();
   py::gil_scoped_release nogil;
-  if (b * t * c) dinofeat::cpu::box_average(xp, op, b, hp, wp, c, level);
+  if (b * t * c != 0) dinofeat::cpu::box_average(xp, op, b, hp, wp, c, level);
   return out;
 }
 
@@ -189,21 +210,13 @@ void bb_binned_fold(const py::list& tiles_obj, const std::vector<int>& r_lo, con
   }
   auto rs = exact<float>(rs_obj, "row_scale", 1);
   auto cs = exact<float>(cs_obj, "col_scale", 1);
-  auto rv = exact<float>(rv_obj, "row_val", 1);
-  auto ri = exact<int64_t>(ri_obj, "row_idx", 1);
-  auto cv = exact<float>(cv_obj, "col_val", 1);
-  auto ci = exact<int64_t>(ci_obj, "col_idx", 1);
   const int64_t t1 = static_cast<int64_t>(h1) * w1, t2 = static_cast<int64_t>(h2) * w2;
-  if (rs.shape(0) != t1 || rv.shape(0) != t1 || ri.shape(0) != t1) throw py::value_error("bb_binned_fold: row arrays need T1");
-  if (cs.shape(0) != t2 || cv.shape(0) != t2 || ci.shape(0) != t2) throw py::value_error("bb_binned_fold: col arrays need T2");
+  const Running run(rv_obj, ri_obj, cv_obj, ci_obj, t1, t2, "bb_binned_fold");
+  if (rs.shape(0) != t1 || cs.shape(0) != t2) throw py::value_error("bb_binned_fold: row_scale needs T1, col_scale T2");
   const float* rsp = rs.data();
   const float* csp = cs.data();
-  float* rvp = rv.mutable_data();
-  int64_t* rip = ri.mutable_data();
-  float* cvp = cv.mutable_data();
-  int64_t* cip = ci.mutable_data();
   py::gil_scoped_release nogil;
-  dinofeat::cpu::bb_binned_fold(g, a0, a1, b0, b1, rsp, csp, rvp, rip, cvp, cip);
+  dinofeat::cpu::bb_binned_fold(g, a0, a1, b0, b1, rsp, csp, run.row_val, run.row_idx, run.col_val, run.col_idx);
 }
 
 }  // namespace

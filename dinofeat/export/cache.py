@@ -77,11 +77,6 @@ def entry_lock(directory, key: str):
         os.close(fd)  # releases the lock
 
 
-def entry_paths(directory, key: str, suffixes) -> dict[str, Path]:
-    directory = Path(directory)
-    return {s: directory / f"{key}{s}" for s in suffixes}
-
-
 def manifest_path(directory, key: str) -> Path:
     return Path(directory) / f"{key}{MANIFEST_SUFFIX}"
 

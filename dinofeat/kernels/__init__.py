@@ -1,4 +1,14 @@
-"""Descriptor kernels: log-binning and Best-Buddies matching (reference torch, C++ and CUDA implementations).
+"""Kernels layer: log-binning and Best Buddies matching (reference torch, C++ and CUDA implementations).
+
+Owns: the public, checking entry points (dispatch.py) and the one table they dispatch through,
+``dispatch.KERNELS = {op: {implementation: function}}`` (ops log_bin, best_buddies, best_buddies_binned,
+log_bin_rows; implementations reference, cpu, cuda); the plain-torch oracle (reference.py); the C++ path
+(cpu.py, cpu_binned.py over ``dinofeat._native``, built from ``bindings/``); the CUDA path (cuda.py: the ``*.cu``
+kernels through a CuPy RawModule); the headers ``*_common.cuh`` holding the per-element logic and the limits of both
+builds, whose numbers Python reads through headers.py instead of copying them (docs/kernels.md).
+May import: the base layer only (errors, io, limits, progress, version, config, viz); today just
+``dinofeat.errors``. Never the model, engine or any higher layer, nor the package root (``import dinofeat`` pulls
+every layer in); ``dinofeat._native`` is loaded by name (importlib), CuPy when a CUDA kernel first runs.
 
 Public API (see :mod:`dinofeat.kernels.dispatch`)::
 

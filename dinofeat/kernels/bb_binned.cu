@@ -71,8 +71,7 @@ __global__ void bbb_fused(const i64* __restrict__ geom, const float* g0, const f
   const i64 jl = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
   const i64 r0 = static_cast<i64>(blockIdx.y) * DF_BBB_TILE_ROWS;
   const int rn = static_cast<int>(nrows - r0 < DF_BBB_TILE_ROWS ? nrows - r0 : DF_BBB_TILE_ROWS);
-  for (int k = threadIdx.x; k < DF_BBB_TILE_ROWS; k += blockDim.x) s_row[k] = 0ull;
-  __syncthreads();
+  tile_keys_clear(s_row, DF_BBB_TILE_ROWS);
   const bool active = jl < ncols;
   const i64 j = j_first + (active ? jl : 0);
   const int y2 = static_cast<int>(j / g.w2), x2 = static_cast<int>(j % g.w2);
@@ -86,12 +85,9 @@ __global__ void bbb_fused(const i64* __restrict__ geom, const float* g0, const f
       ck = max_u64(ck, pack_key(v, static_cast<unsigned int>(i)));
       rk = pack_key(v, static_cast<unsigned int>(j));
     }
-    rk = warp_max_u64(rk);
-    if ((threadIdx.x & 31) == 0 && rk != 0ull) atomicMax(&s_row[r], rk);  // one shared atomic per warp and row
+    tile_keys_row(s_row, r, rk);
   }
-  if (active) atomicMax(&col_keys[j], ck);
-  __syncthreads();
-  for (int k = threadIdx.x; k < rn; k += blockDim.x) atomicMax(&row_keys[i_first + r0 + k], s_row[k]);
+  tile_keys_flush(s_row, rn, row_keys + i_first + r0, active, col_keys + j, ck);
 }
 
 }  // namespace dinofeat

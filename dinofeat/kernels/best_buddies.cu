@@ -38,14 +38,9 @@ __global__ void bb_row_norm(const Tin* __restrict__ x, float* __restrict__ norms
       const float v = to_float(row[c]);
       ss += v * v;
     }
-    red[threadIdx.x] = ss;
-    __syncthreads();
-    for (unsigned int half = blockDim.x / 2; half > 0; half >>= 1) {
-      if (threadIdx.x < half) red[threadIdx.x] += red[threadIdx.x + half];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) norms[r] = fmaxf(sqrtf(red[0]), DF_COS_EPS);
-    __syncthreads();
+    const float total = block_sum(red, ss);
+    if (threadIdx.x == 0) norms[r] = fmaxf(sqrtf(total), DF_COS_EPS);
+    __syncthreads();  // red is rewritten by the next row
   }
 }
 
@@ -67,8 +62,7 @@ __global__ void bb_epilogue(const float* __restrict__ s, i64 ld, int rows, int c
   const int r0 = blockIdx.y * DF_BB_TILE_ROWS;
   const int rn = min_i(DF_BB_TILE_ROWS, rows - r0);  // uniform over the block
   const bool active = j < cols;
-  for (int k = threadIdx.x; k < DF_BB_TILE_ROWS; k += blockDim.x) s_row[k] = 0ull;
-  __syncthreads();
+  tile_keys_clear(s_row, DF_BB_TILE_ROWS);
   const float cs = (use_scale && active) ? col_scale[j] : 1.0f;
   u64 ck = 0ull;
   for (int r = 0; r < rn; ++r) {  // every thread runs every row: the shuffles need all 32 lanes
@@ -79,12 +73,9 @@ __global__ void bb_epilogue(const float* __restrict__ s, i64 ld, int rows, int c
       ck = max_u64(ck, pack_key(v, static_cast<unsigned int>(row0 + r0 + r)));
       rk = pack_key(v, static_cast<unsigned int>(j));
     }
-    rk = warp_max_u64(rk);
-    if ((threadIdx.x & 31) == 0 && rk != 0ull) atomicMax(&s_row[r], rk);  // one shared atomic per warp and row
+    tile_keys_row(s_row, r, rk);
   }
-  if (active) atomicMax(&col_keys[j], ck);
-  __syncthreads();
-  for (int k = threadIdx.x; k < rn; k += blockDim.x) atomicMax(&row_keys[row0 + r0 + k], s_row[k]);
+  tile_keys_flush(s_row, rn, row_keys + row0 + r0, active, col_keys + (active ? j : 0), ck);
 }
 
 __global__ void bb_unpack_keys(const u64* __restrict__ keys, i64 n, i64* __restrict__ index,

@@ -40,6 +40,29 @@ __device__ inline u64 warp_max_u64(u64 v) {
   for (int offset = 16; offset > 0; offset >>= 1) v = max_u64(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
+
+// The key folding both epilogues share (bb_epilogue, bbb_fused): a block owns a tile of `tile_rows` rows by
+// blockDim.x columns, keeps the tile's row keys in shared s_row, and each thread its column's key.
+// Start of the block: s_row cleared (every thread calls it).
+__device__ inline void tile_keys_clear(u64* s_row, int tile_rows) {
+  for (int k = threadIdx.x; k < tile_rows; k += blockDim.x) s_row[k] = 0ull;
+  __syncthreads();
+}
+
+// Row r of the tile: every thread of the block calls it with its key (0 = nothing); the warp's max is folded into
+// s_row[r] with one shared atomicMax per warp.
+__device__ inline void tile_keys_row(u64* s_row, int r, u64 rk) {
+  rk = warp_max_u64(rk);
+  if ((threadIdx.x & 31) == 0 && rk != 0ull) atomicMax(&s_row[r], rk);
+}
+
+// End of the block (every thread calls it): the thread's column key into *col_key (when active) and the tile's rn
+// row keys into row_keys[0 .. rn).
+__device__ inline void tile_keys_flush(const u64* s_row, int rn, u64* row_keys, bool active, u64* col_key, u64 ck) {
+  if (active) atomicMax(col_key, ck);
+  __syncthreads();
+  for (int k = threadIdx.x; k < rn; k += blockDim.x) atomicMax(&row_keys[k], s_row[k]);
+}
 #endif
 
 }  // namespace dinofeat

@@ -26,14 +26,13 @@ import functools
 import re
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError
 from . import _arrays as A
+from .headers import KERNEL_DIR, define
 
-KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = ("log_bin.cu", "best_buddies.cu", "bb_binned.cu")
 OPTIONS = ("-std=c++17",)
 
@@ -42,9 +41,11 @@ CXX_TYPES = {"float32": "float", "float16": "dinofeat::f16", "bfloat16": "dinofe
 STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 GEMM_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
-LOG_BIN_THREADS = 128  # power of two <= DF_LOG_BIN_MAX_THREADS
-BB_THREADS = 256  # power of two <= DF_BB_MAX_THREADS
-BB_TILE_ROWS = 32  # == DF_BB_TILE_ROWS
+# Launch shapes. The kernels' limits are their own #defines, read from the sources (dinofeat.kernels.headers); the
+# block sizes chosen here are checked against them in tests/kernels/test_kernels_headers.py.
+LOG_BIN_THREADS = 128  # power of two <= DF_LOG_BIN_MAX_THREADS (log_bin.cu)
+BB_THREADS = 256  # power of two <= DF_BB_MAX_THREADS (best_buddies.cu)
+BB_TILE_ROWS = define("DF_BB_TILE_ROWS")  # rows of S per bb_epilogue block (best_buddies.cu)
 GRID_CAP = 1 << 20  # grid-stride kernels never need more blocks than this
 DEFAULT_CHUNK_BYTES = 256 << 20
 MAX_CHUNK_ROWS = 65535 * BB_TILE_ROWS  # gridDim.y limit of bb_epilogue
@@ -392,9 +393,9 @@ def best_buddies_cupy(x1, name1: str, x2, name2: str, precision: str, chunk: int
 
 # --------------------------------------------------------------------------- best_buddies_binned
 
-BBB_THREADS = 256  # power of two <= DF_BBB_MAX_THREADS
-BBB_TILE_ROWS = 32  # == DF_BBB_TILE_ROWS
-BBB_MAX_LEVELS = 4  # == DF_BBB_MAX_LEVELS
+BBB_THREADS = 256  # power of two <= DF_BBB_MAX_THREADS (bb_binned.cu)
+BBB_TILE_ROWS = define("DF_BBB_TILE_ROWS")  # output rows per bbb_fused block (bb_binned.cu)
+BBB_MAX_LEVELS = define("DF_BBB_MAX_LEVELS")  # level tiles g0..g3 of bbb_fused (bb_binned_common.cuh)
 BBB_TILE_BYTES = 256 << 20  # Gram tiles of all levels together per step (image 1 is stepped in grid rows)
 
 

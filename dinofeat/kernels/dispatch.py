@@ -14,6 +14,15 @@ Dtypes: float32, float16, bfloat16 (torch only) and float64. float64 is accepted
 (all implementations compute in float32, as the original does); the log_bin output then defaults to float32.
 Non-contiguous inputs are made contiguous (a copy), never rejected.
 
+Implementations: :data:`KERNELS` is the one table ``{op: {implementation: function}}`` the public functions
+dispatch through (ops ``log_bin``, ``best_buddies``, ``best_buddies_binned``, ``log_bin_rows``; implementations
+``reference``, ``cpu``, ``cuda``). Each entry takes validated, contiguous arrays of the caller's kind and hands back
+the caller's kind: an implementation's conversions live in its entry, the checks in the public function. The
+``cpu`` and ``cuda`` modules are imported on an entry's first call.
+
+Limits: :data:`MAX_HIERARCHY` and :data:`BINNED_MAX_HIERARCHY` are ``DF_LOG_BIN_MAX_LEVELS`` /
+``DF_BBB_MAX_LEVELS`` of the kernel headers, read from them (:mod:`dinofeat.kernels.headers`).
+
 NaN / Inf: host inputs are checked before computing (`InputError`). Device inputs (torch CUDA, CuPy) are never
 synchronised for it: `best_buddies` computes per-row sums on the device and reports through
 :meth:`BestBuddies.check` (call it where you synchronise anyway; `find_correspondences` does); `log_bin` does not
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -33,10 +43,12 @@ import torch
 from ..errors import BackendUnavailableError, InputError
 from . import _arrays as A
 from . import reference
+from .headers import define
 
 IMPLS = ("auto", "reference", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
-MAX_HIERARCHY = 12  # 3**11 still fits comfortably in 32-bit offsets
+MAX_HIERARCHY = define("DF_LOG_BIN_MAX_LEVELS")  # log_bin, log_bin_rows (log_bin_common.cuh: 12)
+BINNED_MAX_HIERARCHY = define("DF_BBB_MAX_LEVELS")  # best_buddies_binned (bb_binned_common.cuh: 4)
 
 
 class BestBuddies(NamedTuple):
@@ -127,6 +139,23 @@ def _check_num_patches(num_patches, t: int, shape) -> tuple[int, int]:
     return hp, wp
 
 
+def _check_hierarchy(hierarchy, most: int) -> int:
+    """``hierarchy`` as an int in 1..most (log_bin: :data:`MAX_HIERARCHY`; binned: :data:`BINNED_MAX_HIERARCHY`)."""
+    if (
+        isinstance(hierarchy, bool)
+        or not isinstance(hierarchy, (int, np.integer))
+        or not 1 <= int(hierarchy) <= most
+    ):
+        raise InputError(f"hierarchy must be an integer in 1..{most}, got {hierarchy!r}")
+    return int(hierarchy)
+
+
+def _check_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def _contiguous(x, origin: A.Origin):
     if origin.kind == "torch":
         return x.contiguous()
@@ -135,6 +164,104 @@ def _contiguous(x, origin: A.Origin):
     import cupy as cp
 
     return cp.ascontiguousarray(x)
+
+
+
+# ------------------------------------------------------------------------------ the implementation table
+# Every entry takes validated, contiguous arrays of the caller's kind (their Origin `o` beside them) and returns the
+# caller's kind on the caller's device. The cpu / cuda modules load on first use (their compiled parts, the C++
+# module and the CuPy RawModule, later still: on their first call).
+
+
+def _cpu():
+    from . import cpu
+
+    return cpu
+
+
+def _cpu_binned():
+    from . import cpu_binned
+
+    return cpu_binned
+
+
+def _cuda():
+    from . import cuda
+
+    return cuda
+
+
+def _log_bin_reference(desc, o, in_name, grid, hierarchy, out_name, return_norm, out):
+    x = A.to_torch(desc, o)
+    if x.dtype == torch.float64:
+        x = x.to(torch.float32)
+    res = reference.log_bin(x, grid, hierarchy, out_dtype=A.torch_dtype(out_name), return_norm=return_norm)
+    res, norm = res if return_norm else (res, None)
+    return A.from_torch(res, o), (A.from_torch(norm, o) if return_norm else None)
+
+
+def _log_bin_cpu(desc, o, in_name, grid, hierarchy, out_name, return_norm, out):
+    direct = out is not None and out_name == "float32" and not o.on_gpu  # the C++ writes into the caller's buffer
+    target = (out.numpy() if o.kind == "torch" else out) if direct else None
+    res, norm = _cpu().log_bin(A.to_numpy_f32(desc, o), grid, hierarchy, return_norm=return_norm, out=target)
+    if direct:
+        res = out
+    else:
+        res = _cast_host(res, out_name, o)
+        res = A.from_numpy(res, o) if not isinstance(res, torch.Tensor) else _place(res, o)
+    return res, (A.from_numpy(norm, o) if norm is not None else None)
+
+
+def _log_bin_cuda(desc, o, in_name, grid, hierarchy, out_name, return_norm, out):
+    return _cuda().log_bin_any(desc, o, in_name, grid, hierarchy, out_name, return_norm)
+
+
+def _best_buddies_reference(x1, x2, o, precision, chunk):
+    res = reference.best_buddies(A.to_torch(x1, o), A.to_torch(x2, o), precision=precision, chunk=chunk)
+    return [A.from_torch(r, o) for r in res]
+
+
+def _best_buddies_cpu(x1, x2, o, precision, chunk):
+    res = _cpu().best_buddies(A.to_numpy_f32(x1, o), A.to_numpy_f32(x2, o), precision=precision, chunk=chunk)
+    return [A.from_numpy(r, o) for r in res]
+
+
+def _best_buddies_cuda(x1, x2, o, precision, chunk):
+    return _cuda().best_buddies_any(x1, x2, o, precision, chunk)
+
+
+def _binned_reference(k1, grid1, k2, grid2, o, hierarchy, precision, tiling):
+    res = reference.best_buddies_binned(A.to_torch(k1, o), grid1, A.to_torch(k2, o), grid2, hierarchy=hierarchy,
+                                        precision=precision)
+    return [A.from_torch(r, o) for r in res]
+
+
+def _binned_cpu(k1, grid1, k2, grid2, o, hierarchy, precision, tiling):
+    res = _cpu_binned().best_buddies_binned(A.to_numpy_f32(k1, o), grid1, A.to_numpy_f32(k2, o), grid2,
+                                            hierarchy=hierarchy, precision=precision, tiling=tiling)
+    return [A.from_numpy(r, o) for r in res]
+
+
+def _binned_cuda(k1, grid1, k2, grid2, o, hierarchy, precision, tiling):
+    return _cuda().best_buddies_binned_any(k1, grid1, k2, grid2, o, hierarchy, precision)
+
+
+def _levels_reference(desc, o, x, grid, hierarchy):
+    """The level maps (torch, on x's device) log_bin_rows gathers from; ``x`` is desc as torch."""
+    return reference.level_maps(x, grid, hierarchy)
+
+
+def _levels_cpu(desc, o, x, grid, hierarchy):
+    return [torch.from_numpy(m).to(x.device) for m in _cpu().binned_levels(A.to_numpy_f32(desc, o), grid, hierarchy)]
+
+
+KERNELS: dict[str, dict[str, Callable]] = {
+    "log_bin": {"reference": _log_bin_reference, "cpu": _log_bin_cpu, "cuda": _log_bin_cuda},
+    "best_buddies": {"reference": _best_buddies_reference, "cpu": _best_buddies_cpu, "cuda": _best_buddies_cuda},
+    "best_buddies_binned": {"reference": _binned_reference, "cpu": _binned_cpu, "cuda": _binned_cuda},
+    # the rows are gathered with torch; "cuda" makes the level maps with the reference's box average on the device
+    "log_bin_rows": {"reference": _levels_reference, "cpu": _levels_cpu, "cuda": _levels_reference},
+}
 
 
 # ------------------------------------------------------------------------------------------- log_bin
@@ -178,14 +305,8 @@ def log_bin(
     if squeeze:
         desc = desc[None]
     b, t, c = (int(v) for v in desc.shape)
-    hp, wp = _check_num_patches(num_patches, t, desc.shape[1:] if squeeze else desc.shape)
-    if (
-        isinstance(hierarchy, bool)
-        or not isinstance(hierarchy, (int, np.integer))
-        or not 1 <= int(hierarchy) <= MAX_HIERARCHY
-    ):
-        raise InputError(f"hierarchy must be an integer in 1..{MAX_HIERARCHY}, got {hierarchy!r}")
-    hierarchy = int(hierarchy)
+    grid = _check_num_patches(num_patches, t, desc.shape[1:] if squeeze else desc.shape)
+    hierarchy = _check_hierarchy(hierarchy, MAX_HIERARCHY)
     out_name = A.resolve_out_dtype(out_dtype, in_name, origin)
     impl = _resolve_impl(impl, origin)
     if not origin.on_gpu:  # device inputs: no host sync (see the module docstring)
@@ -197,36 +318,10 @@ def log_bin(
         _check_out(out, origin, expect, out_name)
         if squeeze:
             out = out[None]
-    direct = out is not None and impl == "cpu" and out_name == "float32" and b * t * c > 0 and not origin.on_gpu
-
     if b * t * c == 0:
         impl = "reference"  # typed empty result, any kind
-    if impl == "reference":
-        x = A.to_torch(desc, origin)
-        if x.dtype == torch.float64:
-            x = x.to(torch.float32)
-        res = reference.log_bin(
-            x, (hp, wp), hierarchy, out_dtype=A.torch_dtype(out_name), return_norm=return_norm
-        )
-        res, norm = res if return_norm else (res, None)
-        out = _into(out, A.from_torch(res, origin), origin)
-        norm = A.from_torch(norm, origin) if return_norm else None
-    elif impl == "cpu":
-        from . import cpu
-
-        target = (out.numpy() if origin.kind == "torch" else out) if direct else None
-        res, norm = cpu.log_bin(A.to_numpy_f32(desc, origin), (hp, wp), hierarchy, return_norm=return_norm,
-                                out=target)
-        if not direct:
-            res = _cast_host(res, out_name, origin)
-            res = A.from_numpy(res, origin) if not isinstance(res, torch.Tensor) else _place(res, origin)
-            out = _into(out, res, origin)
-        norm = A.from_numpy(norm, origin) if norm is not None else None
-    else:
-        from . import cuda
-
-        res, norm = cuda.log_bin_any(desc, origin, in_name, (hp, wp), hierarchy, out_name, return_norm)
-        out = _into(out, res, origin)
+    res, norm = KERNELS["log_bin"][impl](desc, origin, in_name, grid, hierarchy, out_name, return_norm, out)
+    out = _into(out, res, origin)
     if squeeze:
         out = out[0] if user_out is None else user_out
         norm = norm[0] if norm is not None else None
@@ -249,8 +344,8 @@ def _check_out(out, origin: A.Origin, shape: tuple, out_name: str) -> None:
 
 
 def _into(out, res, origin: A.Origin):
-    """Copy res into the caller's out buffer (if any) and return what log_bin hands back."""
-    if out is None:
+    """Copy res into the caller's out buffer (if any, and unless res is it) and return what log_bin hands back."""
+    if out is None or res is out:
         return res
     if origin.kind == "torch":
         out.copy_(res)
@@ -302,9 +397,7 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
         BackendUnavailableError: ``impl`` names a backend that is not installed or has no device.
     """
     o1 = _check_pair("desc1", desc1, "desc2", desc2)
-    o2 = o1
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = _check_precision(precision)
     if chunk is not None:
         chunk = _as_int("chunk", chunk)
         if chunk <= 0:
@@ -312,31 +405,13 @@ def best_buddies(desc1, desc2, *, precision: str = "fp32", chunk: int | None = N
     impl = _resolve_impl(impl, o1)
     pending = [A.check_finite_deferred("desc1", desc1), A.check_finite_deferred("desc2", desc2)]
     desc1 = _contiguous(desc1, o1)
-    desc2 = _contiguous(desc2, o2)
-    t1, t2 = int(desc1.shape[0]), int(desc2.shape[0])
-
-    if t1 == 0 or t2 == 0:
+    desc2 = _contiguous(desc2, o1)
+    if int(desc1.shape[0]) == 0 or int(desc2.shape[0]) == 0:
         impl = "reference"
-    if impl == "reference":
-        x1, x2 = A.to_torch(desc1, o1), A.to_torch(desc2, o2)
-        res = reference.best_buddies(x1, x2, precision=precision, chunk=chunk)
-        return _with_pending([A.from_torch(r, o1) for r in res], pending)
-    if impl == "cpu":
-        from . import cpu
-
-        res = cpu.best_buddies(
-            A.to_numpy_f32(desc1, o1), A.to_numpy_f32(desc2, o2), precision=precision, chunk=chunk
-        )
-        return _with_pending([A.from_numpy(r, o1) for r in res], pending)
-    from . import cuda
-
-    return _with_pending(cuda.best_buddies_any(desc1, desc2, o1, precision, chunk), pending)
-
+    return _with_pending(KERNELS["best_buddies"][impl](desc1, desc2, o1, precision, chunk), pending)
 
 
 # ------------------------------------------------------------------------------ best_buddies_binned
-
-BINNED_MAX_HIERARCHY = 4  # DF_BBB_MAX_LEVELS of bb_binned_common.cuh
 
 
 def _check_pair(name1: str, x1, name2: str, x2):
@@ -359,16 +434,6 @@ def _check_pair(name1: str, x1, name2: str, x2):
             f"{x1.shape[1]}) and {name2} {tuple(x2.shape)} (C = {x2.shape[1]})"
         )
     return o1
-
-
-def _check_binned_hierarchy(hierarchy) -> int:
-    if (
-        isinstance(hierarchy, bool)
-        or not isinstance(hierarchy, (int, np.integer))
-        or not 1 <= int(hierarchy) <= BINNED_MAX_HIERARCHY
-    ):
-        raise InputError(f"hierarchy must be an integer in 1..{BINNED_MAX_HIERARCHY}, got {hierarchy!r}")
-    return int(hierarchy)
 
 
 def best_buddies_binned(
@@ -409,34 +474,18 @@ def best_buddies_binned(
     o1 = _check_pair("keys1", keys1, "keys2", keys2)
     grid1 = _check_num_patches(num_patches1, int(keys1.shape[0]), keys1.shape)
     grid2 = _check_num_patches(num_patches2, int(keys2.shape[0]), keys2.shape)
-    hierarchy = _check_binned_hierarchy(hierarchy)
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    hierarchy = _check_hierarchy(hierarchy, BINNED_MAX_HIERARCHY)
+    precision = _check_precision(precision)
     impl = _resolve_impl(impl, o1)
-    from .cpu_binned import resolve_tiling
-
-    tiling = resolve_tiling(tiling)  # checked for every impl: a typo is an error, not a silent default
+    tiling = _cpu_binned().resolve_tiling(tiling)  # checked for every impl: a typo is an error, not a silent default
     # host inputs: checked now; device inputs: per-row sums enqueued on the device, reported by `.check()`
     pending = [A.check_finite_deferred("keys1", keys1), A.check_finite_deferred("keys2", keys2)]
     keys1 = _contiguous(keys1, o1)
     keys2 = _contiguous(keys2, o1)
-    t1, t2 = int(keys1.shape[0]), int(keys2.shape[0])
-    if t1 == 0 or t2 == 0:
-        x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
-        return _with_pending([A.from_torch(r, o1) for r in reference.best_buddies(x1, x2)], pending)
-    if impl == "reference":
-        x1, x2 = A.to_torch(keys1, o1), A.to_torch(keys2, o1)
-        res = reference.best_buddies_binned(x1, grid1, x2, grid2, hierarchy=hierarchy, precision=precision)
-        return _with_pending([A.from_torch(r, o1) for r in res], pending)
-    if impl == "cpu":
-        from . import cpu_binned
-
-        res = cpu_binned.best_buddies_binned(A.to_numpy_f32(keys1, o1), grid1, A.to_numpy_f32(keys2, o1), grid2,
-                                             hierarchy=hierarchy, precision=precision, tiling=tiling)
-        return _with_pending([A.from_numpy(r, o1) for r in res], pending)
-    from . import cuda
-
-    return _with_pending(cuda.best_buddies_binned_any(keys1, grid1, keys2, grid2, o1, hierarchy, precision), pending)
+    if int(keys1.shape[0]) == 0 or int(keys2.shape[0]) == 0:  # empty: the plain result (nothing to bin)
+        return _with_pending(KERNELS["best_buddies"]["reference"](keys1, keys2, o1, "fp32", None), pending)
+    res = KERNELS["best_buddies_binned"][impl](keys1, grid1, keys2, grid2, o1, hierarchy, precision, tiling)
+    return _with_pending(res, pending)
 
 
 def log_bin_rows(desc, num_patches, indices, hierarchy: int = 2, *, impl: str = "auto"):
@@ -456,10 +505,10 @@ def log_bin_rows(desc, num_patches, indices, hierarchy: int = 2, *, impl: str = 
     A.check_ndim("desc", desc, (2,), "(T, C)")
     A.check_float("desc", desc)
     grid = _check_num_patches(num_patches, int(desc.shape[0]), desc.shape)
-    if isinstance(hierarchy, bool) or not isinstance(hierarchy, (int, np.integer)) or not 1 <= hierarchy <= MAX_HIERARCHY:
-        raise InputError(f"hierarchy must be an integer in 1..{MAX_HIERARCHY}, got {hierarchy!r}")
+    hierarchy = _check_hierarchy(hierarchy, MAX_HIERARCHY)
     impl = _resolve_impl(impl, origin)
-    x = A.to_torch(_contiguous(desc, origin), origin)
+    desc = _contiguous(desc, origin)
+    x = A.to_torch(desc, origin)
     try:
         idx = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices),
                               device=x.device).long().reshape(-1)
@@ -468,14 +517,11 @@ def log_bin_rows(desc, num_patches, indices, hierarchy: int = 2, *, impl: str = 
     t = int(desc.shape[0])
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t):
         raise InputError(f"indices must be in 0..{t - 1} (T = {t}), got values in {int(idx.min())}..{int(idx.max())}")
-    if impl == "cpu" and t:
-        from . import cpu
+    if t == 0:
+        impl = "reference"
+    levels = KERNELS["log_bin_rows"][impl](desc, origin, x, grid, hierarchy)
+    return A.from_torch(reference.gather_binned_rows(levels, grid, idx, hierarchy), origin)
 
-        levels = [torch.from_numpy(m) for m in cpu.binned_levels(A.to_numpy_f32(desc, origin), grid, int(hierarchy))]
-        levels = [m.to(x.device) for m in levels]
-    else:
-        levels = reference.level_maps(x, grid, int(hierarchy))
-    return A.from_torch(reference.gather_binned_rows(levels, grid, idx, int(hierarchy)), origin)
 
 __all__ = ["BestBuddies", "BackendUnavailableError", "best_buddies", "best_buddies_binned", "log_bin",
            "log_bin_rows", "native_available"]

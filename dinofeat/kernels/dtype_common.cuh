@@ -117,6 +117,21 @@ DF_HD inline T from_float(float v) {
   return FromFloat<T>::cvt(v);
 }
 
+#if defined(__CUDACC__) || defined(DF_CUDA_SHIM)
+// Sum of v over the threads of the block, through shared `red` (at least blockDim.x floats; blockDim.x a power of
+// two). Every thread must call it and gets the sum; it ends on a barrier, so red may be reused only after the
+// caller's next __syncthreads() (bb_row_norm, log_bin_fused).
+__device__ inline float block_sum(float* red, float v) {
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) red[threadIdx.x] += red[threadIdx.x + half];
+    __syncthreads();
+  }
+  return red[0];
+}
+#endif
+
 DF_HD inline int min_i(int a, int b) { return a < b ? a : b; }
 DF_HD inline int max_i(int a, int b) { return a > b ? a : b; }
 DF_HD inline int clamp_i(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }

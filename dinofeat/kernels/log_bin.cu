@@ -79,14 +79,9 @@ __global__ void log_bin_fused(const Tin* __restrict__ in, const float* __restric
       }
     }
     if (want_norm) {
-      red[threadIdx.x] = ss;
-      __syncthreads();
-      for (unsigned int half = blockDim.x / 2; half > 0; half >>= 1) {
-        if (threadIdx.x < half) red[threadIdx.x] += red[threadIdx.x + half];
-        __syncthreads();
-      }
-      if (threadIdx.x == 0) norm_out[bt] = sqrtf(red[0]);
-      __syncthreads();
+      const float total = block_sum(red, ss);
+      if (threadIdx.x == 0) norm_out[bt] = sqrtf(total);
+      __syncthreads();  // red is rewritten by the next token
     }
   }
 }

@@ -7,6 +7,11 @@
 
 #include "dtype_common.cuh"
 
+// Most log-bin levels (hierarchy) any implementation accepts: the public limit (dinofeat.kernels.dispatch reads it as
+// MAX_HIERARCHY), the size of the C++ bin-offset table, and one past the highest box level (3^11 cells) a level map
+// is made for. 3^11 keeps every cell offset far inside 32 bits.
+#define DF_LOG_BIN_MAX_LEVELS 12
+
 namespace dinofeat {
 
 struct BinOffset {

@@ -1,9 +1,11 @@
-"""Throughput layer above the engine: many pairs through one model.
+"""Pipeline layer: many pairs through one model.
 
-`Matcher` (matcher.py), `FeatureStore` (store.py), `PairResult` / `RESULT_SCHEMA` / `ResultWriter` /
-`result_row` (results.py), `prefetch_map` (prefetch.py) and the batch `dinofeat match` forms (cli.py).
-Imports the engine, kernels and `correspondences`; nothing below imports this package. No side effects at
-import (pyarrow is imported when a results file is written or read).
+Owns: `Matcher` (matcher.py), `FeatureStore` (store.py), `PairResult` / `RESULT_SCHEMA` / `ResultWriter` /
+`result_row` (results.py: the Parquet schema), `prefetch_map` (prefetch.py) and the batch `dinofeat match` forms
+(cli.py).
+May import: correspondences, engine, export | testing, model, kernels and the base layer (errors, io, limits,
+progress, version, config, viz); today correspondences, engine, model, errors, io and viz. Nothing below imports
+this package. No side effects at import (pyarrow is imported when a results file is written or read).
 """
 
 from .matcher import DEFAULTS, Matcher, MatcherConfig

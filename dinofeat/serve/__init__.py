@@ -1,7 +1,11 @@
-"""Online serving on Triton Inference Server: repository generator, server runner, client.
+"""Serve layer: online serving on Triton Inference Server: repository generator, server runner, client.
 
-`write_repository` / `dinofeat serve triton-repo` (repository.py), `TritonServer` / `dinofeat serve run`
-(server.py), `Client` (client.py). Nothing heavy is imported until used.
+Owns: `write_repository` / `dinofeat serve triton-repo` (repository.py: the Triton repository layout, its
+config.pbtxt files in pbtxt.py and the Python models in triton_models.py), `TritonServer` / `dinofeat serve run`
+(server.py), `Client` (client.py) and the wire format of both ends (wire.py).
+May import: every layer below it (stream, apps, pipeline, correspondences, engine, export, model, kernels, base);
+today correspondences, engine, export, model and errors. Not distributed or robotics (siblings), nor the command
+line. Nothing heavy is imported until used (the names below load lazily).
 """
 
 from __future__ import annotations
