@@ -174,7 +174,7 @@ def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
 
 
 def test_gpu_check_dry_run_prints_every_row(capsys):
-    from benchmarks import gpu_check
+    from dinofeat.doctor import gpu_check
 
     assert gpu_check.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -191,8 +191,8 @@ def test_gpu_check_dry_run_prints_every_row(capsys):
 
 
 def test_gpu_check_without_a_gpu_is_one_clear_line(tmp_path, capsys):
-    from benchmarks import gpu_check
     from dinofeat.cli import main as cli_main
+    from dinofeat.doctor import gpu_check
 
     if torch.cuda.is_available():  # the real run is the check itself, not a unit test
         assert gpu_check.plan()
@@ -209,7 +209,7 @@ def test_gpu_check_report_files(tmp_path):
     """What a run writes after each section: JSON rows + a Markdown table per section (atomic writes)."""
     import json
 
-    from benchmarks.gpu_check import Check
+    from dinofeat.doctor.gpu_check import Check
 
     c = Check(tmp_path / "out", budget_s=360)
     c.meta.update(gpu="NVIDIA Test GPU", versions={"torch": torch.__version__})

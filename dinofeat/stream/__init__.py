@@ -1,4 +1,5 @@
-"""Streaming API for robots: `FrameStream` (keyframe + frames in, `StreamMatch` out) and the latency benchmark.
+"""Streaming API for robots: `FrameStream` (keyframe + frames in, `StreamMatch` out); its latency benchmark is
+`dinofeat bench latency` (`dinofeat.bench.latency`).
 
 See docs/robotics.md.
 """
