@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..bench.environment import environment
-from . import selftests
+from . import gpu_check, selftests
 from .selftests import Check
 
 
@@ -32,6 +32,10 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
                         "log-bin rates, pytest -m gpu; minutes")
     parser.add_argument("--out", default="gpu_check", help="with --gpu: directory of gpu_check.json / .md")
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the rows it would measure")
+    parser.add_argument("--budget-s", type=float, default=gpu_check.BUDGET_S,
+                        help="with --gpu: time budget of the whole check (s)")
+    parser.add_argument("--sections", nargs="+", default=None, choices=[name for name, _ in gpu_check.SECTIONS],
+                        help="with --gpu: run only these sections")
 
 
 def _print_env(env: dict, out) -> None:
@@ -71,9 +75,9 @@ def _format_check(c: Check) -> str:
 
 def doctor_main(args) -> int:
     if getattr(args, "gpu", False):
-        from .gpu_check import run_check
-
-        return run_check(args.out, dry_run=args.dry_run)
+        budget_s = getattr(args, "budget_s", gpu_check.BUDGET_S)
+        return gpu_check.run_check(args.out, dry_run=args.dry_run, budget_s=budget_s,
+                                   sections=getattr(args, "sections", None))
     out = sys.stdout
     t0 = time.perf_counter()
     from ..version import __version__
