@@ -223,3 +223,20 @@ def test_gpu_check_report_files(tmp_path):
     assert "## vit" in md and "## pytest" in md and "images_per_s 12.5" in md and "not installed (tensorrt)" in md
     assert "failed: [a/b]" in md  # a '|' never breaks the table
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+
+
+def test_doctor_gpu_takes_every_flag_of_the_gpu_check():
+    """`dinofeat doctor --gpu` and `python -m benchmarks.gpu_check` run one check with the same options."""
+    import argparse
+
+    from dinofeat.doctor import add_doctor_arguments, gpu_check
+
+    def options(add):
+        p = argparse.ArgumentParser()
+        add(p)
+        return {o: a for a in p._actions for o in a.option_strings if o not in ("-h", "--help")}  # noqa: SLF001
+
+    check, doctor = options(gpu_check.add_arguments), options(add_doctor_arguments)
+    assert set(check) <= set(doctor)
+    for flag, action in check.items():
+        assert (doctor[flag].default, doctor[flag].choices) == (action.default, action.choices), flag

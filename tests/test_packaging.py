@@ -4,6 +4,7 @@ checkout-only rows (baseline, alternatives, kernel micro-benchmarks) as skipped 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import site
 import subprocess
 import sys
 
+import pytest
 import tomllib
 from testutil import EXAMPLES, ROOT
 
@@ -93,3 +95,35 @@ def test_bench_and_gpu_check_run_from_the_wheel_packages_alone(tmp_path):
     md = open(out["paths"]["markdown"]).read()
     assert NOT_INSTALLED in md
     assert json.loads(open(out["paths"]["json"]).read())["skipped"] == out["skipped"]
+
+
+_EDITABLE = r"""
+import sys
+from dinofeat.bench.checkout import dev_module
+alt = dev_module("alternatives")
+print("RESULT", alt.__file__, sys.modules["benchmarks"].__path__[0], sorted(alt.RUNNERS))
+"""
+
+
+def test_a_checkout_outside_sys_path_is_found_beside_the_package(tmp_path):
+    """As an editable install: `dinofeat` imported through a link, the checkout's `benchmarks/` not on sys.path."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "dinofeat").symlink_to(ROOT / "dinofeat", target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env["PYTHONPATH"] = os.pathsep.join([str(site_dir), *site.getsitepackages(), site.getusersitepackages()])
+    proc = subprocess.run([sys.executable, "-S", "-c", _EDITABLE], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _, path, package_dir, names = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")).split(" ", 3)
+    assert path == str(ROOT / "benchmarks" / "alternatives.py") and package_dir == str(ROOT / "benchmarks")
+    assert "faiss_flat_ip" in names
+
+
+def test_old_paths_of_the_moved_modules_warn_and_alias():
+    for old, new in (("dinofeat.stream.latency", "dinofeat.bench.latency"),
+                     ("dinofeat.apps.precision", "dinofeat.bench.precision")):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+            moved = importlib.import_module(old)
+        assert moved is importlib.import_module(new)
