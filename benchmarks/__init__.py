@@ -1,16 +1,18 @@
-"""dinofeat's benchmarks: one runner for every stage, backend, kernel implementation and alternative.
+"""dinofeat's development benchmarks (a source checkout only; not in the wheel).
 
-Run ``dinofeat bench`` or ``python -m benchmarks`` (same arguments; ``--help`` lists them). Modules:
+The throughput runner users run is in the package, :mod:`dinofeat.bench` (``dinofeat bench``); ``python -m
+benchmarks`` takes the same arguments. When dinofeat runs from this checkout the runner finds, at run time
+(:mod:`dinofeat.bench.checkout`), what only the checkout has:
 
-* :mod:`benchmarks.runner` — the measurement plan, JSON output, summaries (paper setting, scaling);
 * :mod:`benchmarks.baseline` — a faithful re-implementation of the original code's structure;
 * :mod:`benchmarks.alternatives` — torch dense, kornia ``match_mnn``, faiss exact kNN;
-* :mod:`benchmarks.timing` — warm-up / repetitions / median / p90, CUDA events, peak RSS and GPU memory;
-* :mod:`benchmarks.flops` — FLOPs per stage and the machine's floor (GEMM rate, copy bandwidth);
-* :mod:`benchmarks.report` — the Markdown tables and PNG plots;
-* :mod:`benchmarks.bench_kernels` — micro-benchmarks of the CPU kernels (run from the runner too).
+* :mod:`benchmarks.bench_kernels` — micro-benchmarks of the CPU kernels.
 
-This package imports dinofeat; dinofeat never imports it at module level.
+Also here: :mod:`benchmarks.report` (regenerates the README's benchmark section), ``python -m
+benchmarks.gpu_check`` (the GPU check of :mod:`dinofeat.doctor.gpu_check`), and the stand-alone benchmarks
+(accuracy, apps, bench_binned, many_pairs, serve, soak, fuzz, rope_periods, extras_size).
+
+This package imports dinofeat; dinofeat never imports it (import-linter's ``no-benchmarks`` contract).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from dinofeat.bench import add_bench_arguments
+    from dinofeat.bench.runner import main_from_args
     from dinofeat.errors import DinofeatError
-
-    from .runner import main_from_args
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     add_bench_arguments(parser)

@@ -4,7 +4,8 @@
 * kornia ``match_mnn`` on unit rows (L2 nearest neighbours of unit vectors are cosine nearest neighbours);
 * faiss exact inner-product 1-NN (``IndexFlatIP``) both ways on unit rows.
 
-Each returns the mutual pairs so their agreement with dinofeat's Best Buddies can be recorded.
+Each returns the mutual pairs so their agreement with dinofeat's Best Buddies can be recorded
+(:func:`dinofeat.bench.measures.agreement`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dinofeat.bench.measures import pairs
 
 ALTERNATIVES = ("torch_dense", "kornia_match_mnn", "faiss_flat_ip")
 
@@ -32,7 +35,7 @@ def torch_dense(d1: torch.Tensor, d2: torch.Tensor) -> set[tuple[int, int]]:
     from .bench_kernels import dense_best_buddies
 
     nn_1, _, _, _, mask = dense_best_buddies(d1, d2)
-    return _pairs(nn_1, mask)
+    return pairs(nn_1, mask)
 
 
 def kornia_match_mnn(d1: torch.Tensor, d2: torch.Tensor) -> set[tuple[int, int]]:
@@ -57,21 +60,6 @@ def faiss_flat_ip(d1: torch.Tensor, d2: torch.Tensor) -> set[tuple[int, int]]:
     nn_1, nn_2 = nn_1[:, 0], nn_2[:, 0]
     mutual = nn_2[nn_1] == np.arange(len(nn_1))
     return {(int(i), int(nn_1[i])) for i in np.nonzero(mutual)[0]}
-
-
-def _pairs(nn_1, mask) -> set[tuple[int, int]]:
-    nn_1 = torch.as_tensor(nn_1).cpu()
-    idx = torch.nonzero(torch.as_tensor(mask).cpu(), as_tuple=False).squeeze(1)
-    return {(int(i), int(nn_1[i])) for i in idx.tolist()}
-
-
-def agreement(pairs: set, reference: set) -> dict:
-    """Jaccard overlap of two sets of mutual pairs, and how many of the reference's pairs were found."""
-    union = pairs | reference
-    inter = pairs & reference
-    return {"pairs": len(pairs), "reference_pairs": len(reference), "common": len(inter),
-            "jaccard": len(inter) / len(union) if union else 1.0,
-            "recall_of_reference": len(inter) / len(reference) if reference else 1.0}
 
 
 RUNNERS = {"torch_dense": torch_dense, "kornia_match_mnn": kornia_match_mnn, "faiss_flat_ip": faiss_flat_ip}

@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     import torch
 
     import dinofeat
-    from dinofeat.doctor import _cpu_name
+    from dinofeat.doctor import cpu_name
     from dinofeat.testing import deterministic_weights
     from dinofeat.viz import atomic_save
 
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     import ray
 
     res: dict = {"config": vars(args), "machine": {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "loadavg_start": [round(v, 2) for v in os.getloadavg()]},
         "versions": {"python": platform.python_version(), "dinofeat": dinofeat.__version__,
                      "torch": torch.__version__, "ray": ray.__version__, "tritonclient": version("tritonclient"),

@@ -128,7 +128,7 @@ def run(pairs: int, load_size: int, sample_every: int, max_minutes: float, warmu
     import torch
 
     import dinofeat
-    from dinofeat.doctor import _cpu_name
+    from dinofeat.doctor import cpu_name
     from dinofeat.testing import deterministic_weights
 
     if threads:
@@ -200,7 +200,7 @@ def run(pairs: int, load_size: int, sample_every: int, max_minutes: float, warmu
                            "mean": round(float(np.mean(found)) if found else 0.0, 2)},
         "errors": errors if path == "matcher" else None, "feature_store": store_stats,
         "samples": samples, "verdict": verdict(samples, warmup, tolerance),
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "loadavg_start": load_start, "loadavg_end": _loadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "dinofeat": dinofeat.__version__, "psutil": psutil.__version__},

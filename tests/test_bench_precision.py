@@ -9,7 +9,7 @@ import json
 import pytest
 from testutil import ROOT
 
-from dinofeat.apps.precision import run_precision_bench, willow_pairs
+from dinofeat.bench.precision import run_precision_bench, willow_pairs
 
 WILLOW = ROOT.parent / "shared" / "data" / "willow"
 

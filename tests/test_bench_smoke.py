@@ -91,7 +91,7 @@ def _bench_args(tmp_path, *extra):
 
 
 def test_runner_writes_json_markdown_and_plots(tmp_path):
-    from benchmarks import runner
+    from dinofeat.bench import runner
 
     args = _bench_args(tmp_path)
     cfg = runner.config_from_args(args)
@@ -181,8 +181,8 @@ def test_cli_entry_points(cmd):
 
 
 def test_scaling_exponent_fit():
-    from benchmarks.runner import _fit_exponent
+    from dinofeat.bench.measures import fit_exponent
 
     t = np.array([1000.0, 2000.0, 4000.0])
-    assert _fit_exponent(t, 3e-9 * t**2) == pytest.approx(2.0)
-    assert _fit_exponent([1000.0], [1.0]) is None
+    assert fit_exponent(t, 3e-9 * t**2) == pytest.approx(2.0)
+    assert fit_exponent([1000.0], [1.0]) is None

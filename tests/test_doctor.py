@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from dinofeat import doctor
+from dinofeat.doctor import selftests
 
 
 def test_doctor_runs_and_passes_here(tmp_path):
@@ -61,7 +62,7 @@ def test_exit_code_is_nonzero_only_on_failure(monkeypatch, capsys, statuses, cod
             progress(c)
         return checks, "fake input"
 
-    monkeypatch.setattr(doctor, "self_tests", fake_self_tests)
+    monkeypatch.setattr(selftests, "self_tests", fake_self_tests)
     assert doctor.doctor_main(_args()) == code
     out = capsys.readouterr().out
     assert ("FAILED" in out) == bool(code)
@@ -71,13 +72,13 @@ def test_exit_code_is_nonzero_only_on_failure(monkeypatch, capsys, statuses, cod
 
 def test_a_deviation_over_tolerance_fails():
     """The real torch-backend check fails when the tolerance is impossible to meet."""
-    fx = doctor._Fixture("dino_vits8", 4, 24, 9)
-    c = doctor._run("backend torch fp32 cpu", lambda: fx.compare(fx.cpu_fp32, 0.0), 0.0)
+    fx = selftests._Fixture("dino_vits8", 4, 24, 9)
+    c = selftests._run("backend torch fp32 cpu", lambda: fx.compare(fx.cpu_fp32, 0.0), 0.0)
     assert c.status == "fail" and c.deviation > 0
 
 
 def test_eager_reference_matches_backend_closely():
-    fx = doctor._Fixture("dino_vits8", 4, 24, 9)
+    fx = selftests._Fixture("dino_vits8", 4, 24, 9)
     detail, dev, metrics = fx.compare(fx.cpu_fp32, 1e-4)
     assert dev < 1e-5 and metrics["keys_rel"] < 1e-5 and "keys rel" in detail
 

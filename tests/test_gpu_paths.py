@@ -204,7 +204,7 @@ def test_gpu_check_dry_run_fails_without_pytest():
 
 
 def test_gpu_check_dry_run_lists_the_binned_correctness_row():
-    from benchmarks import gpu_check
+    from dinofeat.doctor import gpu_check
 
     rows = [row for _, row in gpu_check.plan() if "binned" in row and "reference" in row]
     assert len(rows) == 1 and "cuda" in rows[0]
@@ -212,7 +212,7 @@ def test_gpu_check_dry_run_lists_the_binned_correctness_row():
 
 def test_gpu_check_pytest_is_bounded_by_the_budget(tmp_path, monkeypatch):
     """Past the budget the pytest row fails at once (no subprocess); inside it the subprocess gets what is left."""
-    from benchmarks import gpu_check, gpu_pytest
+    from dinofeat.doctor import gpu_check, gpu_pytest
 
     timeouts = []
 

@@ -174,7 +174,7 @@ def test_torch_backend_runs_fp32_without_tf32(monkeypatch):
 
 
 def test_gpu_check_dry_run_prints_every_row(capsys):
-    from benchmarks import gpu_check
+    from dinofeat.doctor import gpu_check
 
     assert gpu_check.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -191,8 +191,8 @@ def test_gpu_check_dry_run_prints_every_row(capsys):
 
 
 def test_gpu_check_without_a_gpu_is_one_clear_line(tmp_path, capsys):
-    from benchmarks import gpu_check
     from dinofeat.cli import main as cli_main
+    from dinofeat.doctor import gpu_check
 
     if torch.cuda.is_available():  # the real run is the check itself, not a unit test
         assert gpu_check.plan()
@@ -209,7 +209,7 @@ def test_gpu_check_report_files(tmp_path):
     """What a run writes after each section: JSON rows + a Markdown table per section (atomic writes)."""
     import json
 
-    from benchmarks.gpu_check import Check
+    from dinofeat.doctor.gpu_check import Check
 
     c = Check(tmp_path / "out", budget_s=360)
     c.meta.update(gpu="NVIDIA Test GPU", versions={"torch": torch.__version__})
@@ -223,3 +223,20 @@ def test_gpu_check_report_files(tmp_path):
     assert "## vit" in md and "## pytest" in md and "images_per_s 12.5" in md and "not installed (tensorrt)" in md
     assert "failed: [a/b]" in md  # a '|' never breaks the table
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+
+
+def test_doctor_gpu_takes_every_flag_of_the_gpu_check():
+    """`dinofeat doctor --gpu` and `python -m benchmarks.gpu_check` run one check with the same options."""
+    import argparse
+
+    from dinofeat.doctor import add_doctor_arguments, gpu_check
+
+    def options(add):
+        p = argparse.ArgumentParser()
+        add(p)
+        return {o: a for a in p._actions for o in a.option_strings if o not in ("-h", "--help")}  # noqa: SLF001
+
+    check, doctor = options(gpu_check.add_arguments), options(add_doctor_arguments)
+    assert set(check) <= set(doctor)
+    for flag, action in check.items():
+        assert (doctor[flag].default, doctor[flag].choices) == (action.default, action.choices), flag

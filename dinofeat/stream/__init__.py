@@ -1,11 +1,10 @@
-"""Stream layer: the streaming API for robots: `FrameStream` (keyframe + frames in, `StreamMatch` out) and the
-latency benchmark.
+"""Stream layer: the streaming API for robots: `FrameStream` (keyframe + frames in, `StreamMatch` out).
 
-Owns: `FrameStream` (stream.py), `StreamMatch` (result.py), frame decoding (frames.py: `ENCODINGS`) and
-`dinofeat bench latency`'s measurement (latency.py).
+Owns: `FrameStream` (stream.py), `StreamMatch` (result.py), frame decoding (frames.py: `ENCODINGS`). Its latency
+benchmark, `dinofeat bench latency`, lives in `dinofeat.bench.latency` (`latency.py` here is a warning alias).
 May import: apps, pipeline, correspondences, engine, export, model, kernels and the base layer; today
-correspondences, engine, model, config, errors, limits, version and viz. Not serve, distributed or robotics
-(above it). See docs/robotics.md.
+correspondences, engine, model, config, errors and limits. Not serve, distributed, robotics or bench (above it).
+See docs/robotics.md.
 """
 
 from ..config import ExtractorConfig, MatchConfig

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from streamutil import LOAD
 
+from dinofeat.bench.latency import example_frames, run_latency, summarize
 from dinofeat.cli import main
 from dinofeat.stream import ExtractorConfig, FrameStream, MatchConfig
-from dinofeat.stream.latency import example_frames, run_latency, summarize
 
 
 def test_summarize_percentiles_and_jitter():
@@ -109,8 +109,8 @@ def test_bare_bench_still_parses():
 def test_folder_and_bag_inputs(tmp_path):
     from PIL import Image
 
+    from dinofeat.bench.latency import load_frames
     from dinofeat.errors import InputError
-    from dinofeat.stream.latency import load_frames
 
     seq = example_frames(3, (24, 32))
     for i, f in enumerate(seq):

@@ -1,17 +1,19 @@
 """The GPU check's ``pytest`` row: ``pytest -m gpu`` in a subprocess (JUnit XML parsed), bounded by what is left of
 the check's budget; tests of packages not installed here are named in DINOFEAT_ALLOW_GPU_SKIPS; a missing pytest is
-a failure. Used by `benchmarks.gpu_check` (its section ``pytest``)."""
+a failure; installed without the test suite (no source checkout) the row is skipped with that reason. Used by
+:mod:`dinofeat.doctor.gpu_check` (its section ``pytest``)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from ..bench.checkout import ROOT
 
 PYTEST_MARGIN_S = 10.0  # left for writing the report after pytest
 PYTEST_MIN_S = 30.0  # with less than this left of the budget the pytest row fails without starting
-ROOT = Path(__file__).resolve().parents[1]
+NO_TESTS = "needs a source checkout (tests/ is not installed)"
 
 
 def _not_installed_tests() -> list[str]:
@@ -49,11 +51,14 @@ def pytest_importable() -> bool:
 
 
 def pytest_row(check) -> None:
-    """The row, added to `check` (a `benchmarks.gpu_check.Check`)."""
+    """The row, added to `check` (a :class:`dinofeat.doctor.gpu_check.Check`)."""
     import xml.etree.ElementTree as ET
 
     if not pytest_importable():
         check.add("pytest", "pytest -m gpu", "fail", PYTEST_MISSING)
+        return
+    if not (ROOT / "tests").is_dir():
+        check.add("pytest", "pytest -m gpu", "skipped", NO_TESTS)
         return
     left = check.budget_s - check.elapsed() - PYTEST_MARGIN_S
     if left < PYTEST_MIN_S:

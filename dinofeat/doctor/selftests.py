@@ -1,9 +1,8 @@
-"""`dinofeat doctor`: versions, devices and caches, then a self-test of every backend and kernel that can run here.
+"""The self-tests of `dinofeat doctor`: every backend and kernel that can run here against a CPU reference.
 
 Every self-test compares an implementation with a CPU reference on deterministic weights
-(:func:`dinofeat.testing.deterministic_weights`, no download) and deterministic inputs, and prints PASS / FAIL with
-the measured deviation, or SKIP with the reason it cannot run on this machine. The exit code is 1 if any test
-failed, 0 otherwise (skipped is not failed).
+(:func:`dinofeat.testing.deterministic_weights`, no download) and deterministic inputs, and reports PASS / FAIL
+with the measured deviation, or SKIP with the reason it cannot run on this machine:
 
 * backends (torch fp32/bf16/fp16, ONNX Runtime CPU/CUDA/TensorRT EP, native TensorRT) against an eager float64
   re-implementation of the strided ViT written here, independent of :mod:`dinofeat.model.vit`: keys of
@@ -11,24 +10,17 @@ failed, 0 otherwise (skipped is not failed).
 * kernels (``impl="cpu"``, ``"cuda"``) against ``impl="reference"`` for ``log_bin`` and ``best_buddies``;
 * NVRTC compilation of the CUDA kernel source exactly as :func:`dinofeat.kernels.cuda.module_spec` builds it
   (this needs no GPU).
-
-:func:`environment` (versions, devices, caches) is also what the benchmarks record.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import platform
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+
+from ..bench.environment import cuda_status, first_line, native_reason, nvrtc_version
 
 # Self-test tolerances: relative = max|actual - expected| / max|expected|.
 TOL_FP32 = 1e-4  # fp32 engine vs float64 eager reference (the issue's tolerance)
@@ -49,187 +41,6 @@ class Check:
     tolerance: float | None = None
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------- environment
-
-
-def _try(fn, default=None):
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001 - a probe must never crash the doctor
-        return default if default is not None else f"unavailable ({type(e).__name__}: {_first_line(e)})"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
-def _module_version(name: str) -> tuple[str | None, str]:
-    """(version or None, note) of an importable module; note says why it is missing."""
-    try:
-        mod = __import__(name)
-    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install raising anything
-        return None, f"not installed ({type(e).__name__}: {_first_line(e)})"
-    return str(getattr(mod, "__version__", "?")), ""
-
-
-def cuda_status() -> tuple[bool, str]:
-    """(is a CUDA GPU usable by torch, reason if not)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return True, ""
-        n = torch.cuda.device_count()
-        why = "torch.cuda.is_available() is False"
-        if torch.version.cuda is None:
-            why += " (torch is a CPU-only build)"
-        elif n == 0:
-            why += f" (CUDA {torch.version.cuda} build, but no NVIDIA driver / GPU is visible)"
-        return False, why
-    except Exception as e:  # noqa: BLE001
-        return False, f"torch.cuda probe failed ({_first_line(e)})"
-
-
-def _driver_version() -> str:
-    proc = Path("/proc/driver/nvidia/version")
-    if proc.is_file():
-        first = proc.read_text().splitlines()[0]
-        return first.strip()
-    try:
-        import cupy
-
-        v = cupy.cuda.runtime.driverGetVersion()
-        if v:
-            return f"CUDA driver API {v // 1000}.{v % 1000 // 10}"
-        return "none (cudaDriverGetVersion = 0: no NVIDIA driver loaded)"
-    except Exception as e:  # noqa: BLE001
-        return f"none ({_first_line(e)})"
-
-
-def _nvcc_version() -> str:
-    path = shutil.which("nvcc")
-    if not path:
-        return "not found on PATH"
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
-        rel = [ln for ln in out.splitlines() if "release" in ln]
-        return f"{path} ({rel[-1].strip() if rel else out.strip().splitlines()[-1] if out.strip() else '?'})"
-    except Exception as e:  # noqa: BLE001
-        return f"{path} (version query failed: {_first_line(e)})"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _dir_summary(path) -> dict:
-    p = Path(path).expanduser()
-    out = {"path": str(p), "exists": p.is_dir()}
-    if p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file()]
-        out["files"] = len(files)
-        out["bytes"] = sum(f.stat().st_size for f in files)
-    return out
-
-
-def cache_dirs() -> dict[str, dict]:
-    """Every on-disk cache dinofeat reads or writes, with its size."""
-    dirs: dict[str, dict] = {}
-    try:
-        from .model import weights
-
-        dirs["weights"] = _dir_summary(weights.cache_dir())
-    except Exception as e:  # noqa: BLE001 - weights module missing or broken
-        dirs["weights"] = {"path": None, "note": f"dinofeat.model.weights unavailable ({_first_line(e)})"}
-    try:
-        from .export import cache
-
-        root = Path(cache.cache_root())
-        dirs["onnx graphs"] = _dir_summary(root / "onnx")
-        dirs["tensorrt engines"] = _dir_summary(root / "trt")
-    except Exception as e:  # noqa: BLE001
-        dirs["onnx / tensorrt"] = {"path": None, "note": f"dinofeat.export.cache unavailable ({_first_line(e)})"}
-    cupy_cache = os.environ.get("CUPY_CACHE_DIR", str(Path("~/.cupy/kernel_cache").expanduser()))
-    dirs["cupy kernels"] = _dir_summary(cupy_cache)
-    return dirs
-
-
-def environment() -> dict:
-    """Versions, devices and caches as a JSON-serialisable dict (also recorded by the benchmarks)."""
-    import numpy as np
-    import torch
-
-    from . import __version__
-
-    env: dict = {"python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
-                 "platform": platform.platform(), "dinofeat": __version__}
-    try:
-        from . import _native
-
-        env["dinofeat._native"] = f"built ({Path(_native.__file__).name})"
-    except Exception as e:  # noqa: BLE001
-        env["dinofeat._native"] = f"not built ({type(e).__name__}: {_first_line(e)})"
-    cudnn = _try(lambda: torch.backends.cudnn.version())
-    env["torch"] = torch.__version__
-    env["torch CUDA build"] = torch.version.cuda or "none (CPU-only build)"
-    env["cuDNN"] = (f"{cudnn // 10000}.{cudnn // 100 % 100}.{cudnn % 100}" if isinstance(cudnn, int) else str(cudnn))
-    env["torch threads"] = torch.get_num_threads()
-    env["torch CPU capability"] = _try(lambda: torch.backends.cpu.get_cpu_capability())
-    env["numpy"] = np.__version__
-    for name, mod in (("pillow", "PIL"), ("scikit-learn", "sklearn")):
-        v, note = _module_version(mod)
-        env[name] = v or note
-    v, note = _module_version("onnxruntime")
-    if v:
-        import onnxruntime as ort
-
-        env["onnxruntime"] = v
-        env["onnxruntime providers"] = list(ort.get_available_providers())
-    else:
-        env["onnxruntime"] = note
-        env["onnxruntime providers"] = []
-    v, note = _module_version("tensorrt")
-    env["tensorrt"] = v or note
-    v, note = _module_version("cupy")
-    env["cupy"] = v or note
-    if v:
-        env["CUDA runtime (cupy)"] = _try(lambda: _fmt_cuda(__import__("cupy").cuda.runtime.runtimeGetVersion()))
-    env["NVRTC"] = _try(_nvrtc_version)
-    env["CUDA driver"] = _driver_version()
-    env["nvcc"] = _nvcc_version()
-    env["cpu"] = {"name": _cpu_name(), "logical cores": os.cpu_count(),
-                  "memory GB": _try(lambda: round(__import__("psutil").virtual_memory().total / 2**30, 1))}
-    ok, why = cuda_status()
-    gpus = []
-    if ok:
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            gpus.append({"index": i, "name": p.name, "compute capability": f"{p.major}.{p.minor}",
-                         "memory GB": round(p.total_memory / 2**30, 1)})
-    env["gpus"] = gpus
-    env["gpu note"] = why if not ok else ""
-    env["caches"] = cache_dirs()
-    return env
-
-
-def _fmt_cuda(v: int) -> str:
-    return f"{v // 1000}.{v % 1000 // 10}"
-
-
-def _nvrtc_version() -> str:
-    from cupy_backends.cuda.libs import nvrtc
-
-    major, minor = nvrtc.getVersion()
-    return f"{major}.{minor}"
 
 
 # ------------------------------------------------------------------------------------ eager reference
@@ -306,9 +117,9 @@ class _Fixture:
         import numpy as np
         import torch
 
-        from .engine.extractor import Extractor
-        from .model.zoo import get_model_spec
-        from .testing import deterministic_weights
+        from ..engine.extractor import Extractor
+        from ..model.zoo import get_model_spec
+        from ..testing import deterministic_weights
 
         self.model, self.stride, self.layer, self.load_size = model, stride, layer, load_size
         self.spec = get_model_spec(model)
@@ -345,7 +156,7 @@ def _run(name: str, fn, tol: float | None = None) -> Check:
     except _Skip as s:
         return Check(name, "skip", str(s), seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a crash is a failure, reported with its message
-        return Check(name, "fail", f"{type(e).__name__}: {_first_line(e)}", tolerance=tol,
+        return Check(name, "fail", f"{type(e).__name__}: {first_line(e)}", tolerance=tol,
                      seconds=time.perf_counter() - t0)
     ok = dev is not None and dev <= (tol if tol is not None else 0.0)
     return Check(name, "pass" if ok else "fail", detail, deviation=dev, tolerance=tol,
@@ -357,7 +168,7 @@ class _Skip(Exception):
 
 
 def _backend_tests(fx: _Fixture, gpu_ok: bool, gpu_why: str) -> list[Check]:
-    from .engine.extractor import Extractor
+    from ..engine.extractor import Extractor
 
     checks = []
     devices = ["cpu"] + (["cuda"] if gpu_ok else [])
@@ -404,7 +215,7 @@ def _backend_tests(fx: _Fixture, gpu_ok: bool, gpu_why: str) -> list[Check]:
             with _scratch_cache():
                 ex = make("onnxruntime", device, precision)
                 if device == "cuda":  # pin the provider under test (TensorRT EP first, or CUDA EP only)
-                    from .engine.backends.onnxruntime import OnnxRuntimeBackend
+                    from ..engine.backends.onnxruntime import OnnxRuntimeBackend
 
                     ex.backend = OnnxRuntimeBackend(ex.backend.model, ex.device, precision, ex.weights_sha256,
                                                     use_tensorrt=ep == "TensorrtExecutionProvider")
@@ -457,11 +268,11 @@ def _ort_unavailable() -> str:
     try:
         import onnxruntime  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        return f"onnxruntime not installed ({_first_line(e)}); pip install 'dinofeat[onnx]'"
+        return f"onnxruntime not installed ({first_line(e)}); pip install 'dinofeat[onnx]'"
     try:
-        from .engine.backends import onnxruntime as _b  # noqa: F401
+        from ..engine.backends import onnxruntime as _b  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        return f"dinofeat.engine.backends.onnxruntime does not import ({type(e).__name__}: {_first_line(e)})"
+        return f"dinofeat.engine.backends.onnxruntime does not import ({type(e).__name__}: {first_line(e)})"
     return ""
 
 
@@ -478,13 +289,13 @@ def _trt_unavailable(gpu_ok: bool, gpu_why: str) -> str:
     try:
         import tensorrt  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        return f"tensorrt not installed ({_first_line(e)}); needs an NVIDIA GPU and pip install 'dinofeat[gpu]'"
+        return f"tensorrt not installed ({first_line(e)}); needs an NVIDIA GPU and pip install 'dinofeat[gpu]'"
     if not gpu_ok:
         return f"no CUDA GPU: {gpu_why}"
     try:
-        from .engine.backends import tensorrt as _t  # noqa: F401
+        from ..engine.backends import tensorrt as _t  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        return f"dinofeat.engine.backends.tensorrt does not import ({type(e).__name__}: {_first_line(e)})"
+        return f"dinofeat.engine.backends.tensorrt does not import ({type(e).__name__}: {first_line(e)})"
     return ""
 
 
@@ -503,13 +314,13 @@ def _kernel_inputs():
 def _kernel_tests(gpu_ok: bool, gpu_why: str) -> list[Check]:
     import torch
 
-    from . import kernels
+    from .. import kernels
 
     checks = []
     desc, grid, d1, d2 = _kernel_inputs()
     ref_bin, ref_norm = kernels.log_bin(desc, grid, return_norm=True, impl="reference")
     ref_bb = {p: kernels.best_buddies(d1, d2, precision=p, impl="reference") for p in ("fp32", "bf16", "fp16")}
-    avail = {"cpu": "" if kernels.native_available() else _native_reason(),
+    avail = {"cpu": "" if kernels.native_available() else native_reason(),
              "cuda": "" if gpu_ok else f"no CUDA GPU: {gpu_why}"}
     for impl in ("cpu", "cuda"):
         dev = torch.device("cuda" if impl == "cuda" else "cpu")
@@ -547,25 +358,17 @@ def _kernel_tests(gpu_ok: bool, gpu_why: str) -> list[Check]:
     return checks
 
 
-def _native_reason() -> str:
-    try:
-        from . import _native  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return (f"dinofeat._native not built ({type(e).__name__}: {_first_line(e)}); "
-                "pip install -e . builds it")
-    return ""
-
 
 def _nvrtc_test():
     try:
         from cupy.cuda import compiler
         from cupy_backends.cuda.libs import nvrtc  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        raise _Skip(f"CuPy not installed ({_first_line(e)}); pip install 'dinofeat[gpu]'") from None
+        raise _Skip(f"CuPy not installed ({first_line(e)}); pip install 'dinofeat[gpu]'") from None
     try:
-        from .kernels import cuda
+        from ..kernels import cuda
     except Exception as e:  # noqa: BLE001
-        raise _Skip(f"dinofeat.kernels.cuda does not import ({type(e).__name__}: {_first_line(e)})") from None
+        raise _Skip(f"dinofeat.kernels.cuda does not import ({type(e).__name__}: {first_line(e)})") from None
     code, options, names = cuda.module_spec()
     sizes = []
     for arch in NVRTC_ARCHS:
@@ -576,7 +379,7 @@ def _nvrtc_test():
         if missing:
             raise AssertionError(f"{arch}: no lowered name for {missing[:3]}")
         sizes.append(f"{arch} {len(ptx) // 1024} KiB PTX")
-    return (f"NVRTC {_nvrtc_version()}: {len(names)} kernels; " + ", ".join(sizes), 0.0,
+    return (f"NVRTC {nvrtc_version()}: {len(names)} kernels; " + ", ".join(sizes), 0.0,
             {"archs": list(NVRTC_ARCHS), "kernels": len(names)})
 
 
@@ -593,7 +396,7 @@ def self_tests(model: str = "dino_vits8", stride: int = 4, load_size: int = 40, 
         fx = _Fixture(model, stride, load_size, layer)
         what = fx.describe()
     except Exception as e:  # noqa: BLE001
-        fx, what = None, f"fixture failed: {type(e).__name__}: {_first_line(e)}"
+        fx, what = None, f"fixture failed: {type(e).__name__}: {first_line(e)}"
         c = Check("reference fixture (deterministic weights + eager reference)", "fail", what,
                   seconds=time.perf_counter() - t0)
         checks.append(c)
@@ -608,106 +411,3 @@ def self_tests(model: str = "dino_vits8", stride: int = 4, load_size: int = 40, 
     return checks, what
 
 
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Print versions (python, torch, CUDA, cuDNN, onnxruntime, tensorrt, cupy, NVRTC, driver), "
-                          "GPUs and cache directories, then self-test every backend and kernel that can run here "
-                          "against the CPU reference (deterministic weights, no download). Exit code 1 if any "
-                          "test fails; skipped tests are not failures.")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
-    parser.add_argument("--no-selftest", action="store_true", help="only print versions, devices and caches")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu"],
-                        help="auto: also test CUDA paths when a GPU is visible; cpu: CPU paths only")
-    parser.add_argument("--model", default="dino_vits8", help="zoo model for the backend tests (default dino_vits8)")
-    parser.add_argument("--load-size", type=int, default=40, help="test image's shorter side (default 40)")
-    parser.add_argument("--gpu", action="store_true", help="run the GPU check instead (python -m "
-                        "benchmarks.gpu_check): self-tests, ViT/Best-Buddies/log-bin rates, pytest -m gpu; minutes")
-    parser.add_argument("--out", default="gpu_check", help="with --gpu: directory of gpu_check.json / .md")
-    parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the rows it would measure")
-
-
-def _print_env(env: dict, out) -> None:
-    width = 22
-    print("Versions", file=out)
-    for key in ("python", "platform", "dinofeat", "dinofeat._native", "torch", "torch CUDA build", "cuDNN",
-                "torch threads", "torch CPU capability", "numpy", "pillow", "scikit-learn", "onnxruntime",
-                "onnxruntime providers", "tensorrt", "cupy", "CUDA runtime (cupy)", "NVRTC", "CUDA driver", "nvcc"):
-        if key in env:
-            v = env[key]
-            print(f"  {key:<{width}} {', '.join(v) if isinstance(v, list) else v}", file=out)
-    print("Devices", file=out)
-    cpu = env["cpu"]
-    print(f"  {'CPU':<{width}} {cpu['name']}, {cpu['logical cores']} logical cores, {cpu['memory GB']} GB RAM",
-          file=out)
-    if env["gpus"]:
-        for g in env["gpus"]:
-            print(f"  {'GPU ' + str(g['index']):<{width}} {g['name']}, compute capability "
-                  f"{g['compute capability']}, {g['memory GB']} GB", file=out)
-    else:
-        print(f"  {'GPU':<{width}} none: {env['gpu note']}", file=out)
-    print("Caches", file=out)
-    for label, d in env["caches"].items():
-        if d.get("path") is None:
-            print(f"  {label:<{width}} {d.get('note')}", file=out)
-        elif d["exists"]:
-            print(f"  {label:<{width}} {d['path']} ({d['files']} files, {d['bytes'] / 2**20:.1f} MiB)", file=out)
-        else:
-            print(f"  {label:<{width}} {d['path']} (not created yet)", file=out)
-
-
-def _format_check(c: Check) -> str:
-    tag = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[c.status]
-    secs = f"  [{c.seconds:.1f} s]" if c.status != "skip" else ""
-    return f"  {tag}  {c.name:<44} {c.detail}{secs}"
-
-
-def doctor_main(args) -> int:
-    if getattr(args, "gpu", False):
-        # benchmarks import dinofeat; dinofeat imports them only here, at command time
-        from benchmarks.gpu_check import run_check
-
-        return run_check(args.out, dry_run=args.dry_run)
-    out = sys.stdout
-    t0 = time.perf_counter()
-    from . import __version__
-
-    print(f"dinofeat doctor (dinofeat {__version__})", file=out)
-    env = environment()
-    _print_env(env, out)
-    checks: list[Check] = []
-    what = ""
-    if not args.no_selftest:
-        print("Self-tests against the CPU reference", file=out)
-        out.flush()
-
-        def say(c):
-            print(_format_check(c), file=out, flush=True)
-
-        checks, what = self_tests(model=args.model, load_size=args.load_size, device=args.device, progress=say)
-        print(f"  input: {what}", file=out)
-    n = {s: sum(c.status == s for c in checks) for s in ("pass", "fail", "skip")}
-    wall = time.perf_counter() - t0
-    verdict = "FAILED" if n["fail"] else "OK"
-    print(f"Summary: {verdict}: {n['pass']} passed, {n['fail']} failed, {n['skip']} skipped ({wall:.1f} s)",
-          file=out)
-    if args.json:
-        report = {"environment": env, "selftest_input": what, "checks": [asdict(c) for c in checks],
-                  "summary": n, "seconds": wall}
-        from .io import atomic_write_text
-
-        path = Path(args.json)
-        atomic_write_text(path, json.dumps(report, indent=2, default=str, allow_nan=True))
-        print(f"report written to {path}", file=out)
-    return 1 if n["fail"] else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dinofeat doctor")
-    add_doctor_arguments(parser)
-    return doctor_main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

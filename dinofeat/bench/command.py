@@ -1,13 +1,15 @@
-"""`dinofeat bench`: the arguments, and a lazy hand-over to the `benchmarks` package (shipped next to dinofeat).
+"""`dinofeat bench` and its sub-commands `latency` and `precision`: the arguments and the main functions the CLI
+calls (the runner is imported when the command runs, so building the CLI's parser stays cheap).
 
-dinofeat never imports `benchmarks` at module level; `python -m benchmarks ...` takes the same arguments.
+`python -m benchmarks ...` (a source checkout) takes the same arguments as the bare `dinofeat bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .errors import DinofeatError
+from .checkout import ROOT
 
 DEFAULT_SIZES = (224, 320, 480)
 
@@ -42,9 +44,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="load sizes where the public find_correspondences() is also timed end to end")
     g.add_argument("--cpu-fp16", action="store_true",
                    help="run torch fp16 on the CPU too (skipped by default when this CPU's fp16 GEMM is slow)")
-    g.add_argument("--no-kernel-bench", action="store_true", help="skip benchmarks/bench_kernels.py's run()")
+    g.add_argument("--no-kernel-bench", action="store_true", help="skip benchmarks/bench_kernels.py's run() (a source checkout's)")
 
-    g = parser.add_argument_group("baseline (re-implementation of the original code)")
+    g = parser.add_argument_group("baseline (re-implementation of the original code; needs a source checkout)")
     g.add_argument("--no-baseline", action="store_true", help="skip the baseline")
     g.add_argument("--baseline-size", type=int, default=224, help="load size of the baseline (the paper: 224)")
     g.add_argument("--baseline-rows", type=int, default=64,
@@ -85,12 +87,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_main(args) -> int:
-    try:
-        from benchmarks.runner import main_from_args
-    except ImportError as e:
-        raise DinofeatError(
-            f"the benchmarks package is not importable ({e}); run from a source checkout or install the wheel "
-            "that ships `benchmarks` next to `dinofeat` (pip install 'dinofeat[bench]')") from None
+    """Bare `dinofeat bench`: the stage / throughput run (:mod:`.runner`)."""
+    from .runner import main_from_args
+
     return main_from_args(args)
 
 
@@ -130,8 +129,8 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_latency_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_match_arguments, add_model_arguments  # noqa: PLC0415 - the flags of `dinofeat match`, once
-    from .stream import latency as L  # noqa: PLC0415
+    from ..cli import add_match_arguments, add_model_arguments  # noqa: PLC0415 - the flags of `dinofeat match`, once
+    from . import latency as L  # noqa: PLC0415
 
     p.description = ("Drive the streaming API (dinofeat.stream.FrameStream) over a real image sequence: frame 0 is "
                      "the keyframe, every later frame is matched to it. Writes DIR/latency.json (p50/p95/p99/max "
@@ -163,15 +162,15 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def latency_main(args) -> int:
-    from .cli import resolve_stride
-    from .config import ExtractorConfig, MatchConfig
-    from .stream import latency as L
+    from ..cli import resolve_stride
+    from ..config import ExtractorConfig, MatchConfig
+    from . import latency as L
 
     L.check_run_args(args.rate, args.frames, args.max_seconds, args.input, args.compare)  # before the model
     resolve_stride(args)
     weights = args.weights
     if weights is None:
-        from .testing import deterministic_weights
+        from ..testing import deterministic_weights
 
         weights = deterministic_weights(args.model)
     ec = ExtractorConfig.from_object(args, weights=weights)
@@ -200,13 +199,11 @@ def latency_main(args) -> int:
 
 
 def precision_main(args) -> int:
-    """`dinofeat bench precision --out DIR`: see `dinofeat.apps.precision`."""
-    from pathlib import Path
+    """`dinofeat bench precision --out DIR`: see :mod:`.precision`."""
+    from ..errors import InputError
+    from .precision import run_precision_bench
 
-    from .apps.precision import run_precision_bench
-    from .errors import InputError
-
-    data = Path(args.data) if args.data else Path(__file__).resolve().parents[2] / "shared" / "data" / "willow"
+    data = Path(args.data) if args.data else ROOT.parent / "shared" / "data" / "willow"
     if not data.is_dir():
         raise InputError(f"--data {str(data)!r} is not a directory; pass the WILLOW-ObjectClass root")
     if args.pairs_per_class < 1:
