@@ -81,7 +81,7 @@ def extract_many(ex, images, *, layer, facet, bin, saliency, cls, load_size, bat
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items), desc=desc, unit="img")
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=None)  # shown on a terminal
     try:
         for idxs in groups.values():
             for start in range(0, len(idxs), batch_size):
