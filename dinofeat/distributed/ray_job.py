@@ -181,32 +181,22 @@ class _Extract:
                             backend=options.backend, device=device, precision=options.precision, progress=False)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
+        from ..engine.many import ImageFailure
 
         names = [str(n) for n in batch["image"]]
         rows = [{"image": n, "keys": np.zeros((0, 0), np.float32), "saliency": np.zeros(0, np.float32),
                  "grid": np.zeros(2, np.int64), "pixels": np.zeros((0, 0, 3), np.uint8), "error": ""}
                 for n in names]
-        groups: dict[tuple, list] = {}
-        for i, name in enumerate(names):
-            try:
-                x, pil = self.ex.preprocess(name, self.o.load_size)
-            except DinofeatError as e:
-                rows[i]["error"] = str(e)
+        feats = self.ex.extract_many(names, layer=self.o.layer, facet=self.o.facet, bin=False, saliency=True,
+                                     load_size=self.o.load_size, batch_size=max(1, len(names)), errors="return")
+        for i, f in enumerate(feats):
+            if isinstance(f, ImageFailure):
+                if not isinstance(f.error, DinofeatError):
+                    raise f.error  # not the image's fault: Ray retries the batch (max_task_retries)
+                rows[i]["error"] = f.message if f.stage == "preprocess" else f"{names[i]}: {f.message}"
                 continue
-            groups.setdefault(tuple(x.shape), []).append((i, x, pil))
-        for items in groups.values():
-            try:
-                with torch.no_grad():
-                    f = self.ex.extract(torch.cat([x for _, x, _ in items]), layer=self.o.layer, facet=self.o.facet,
-                                        bin=False, saliency=True)
-            except DinofeatError as e:
-                for i, _, _ in items:
-                    rows[i]["error"] = f"{names[i]}: {e}"
-                continue
-            for j, (i, _, pil) in enumerate(items):
-                rows[i].update(keys=f.descriptors[j].float().cpu().numpy(), saliency=f.saliency[j].cpu().numpy(),
-                               grid=np.asarray(f.num_patches, np.int64), pixels=np.asarray(pil, np.uint8))
+            rows[i].update(keys=f.descriptors[0].float().cpu().numpy(), saliency=f.saliency[0].cpu().numpy(),
+                           grid=np.asarray(f.num_patches, np.int64), pixels=np.asarray(f.image, np.uint8))
         return {k: _column([r[k] for r in rows]) for k in rows[0]}
 
 

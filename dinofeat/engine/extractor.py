@@ -1,42 +1,22 @@
-"""`Extractor`: one model, one backend, per-size caches; `preprocess` and `extract`."""
+"""`Extractor`: one model, one backend, per-size caches; `preprocess`, `extract`, `extract_many` (many images:
+grouped by size, batched) and `with_stride` (the same weights at another stride)."""
 
 from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 from ..limits import check_tokens
-from ..model.vit import Request, build_vit, check_request, output_name, with_pos_interp
+from ..model.vit import Request, build_vit, check_request, cls_output_name, output_name, with_pos_interp
 from ..model.zoo import get_model_spec
 from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
+from .features import Features
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # tf32: CUDA matmuls/convs in TF32 (opt-in)
-
-
-@dataclass
-class Features:
-    """What `Extractor.extract` returns.
-
-    descriptors: (B, T, C) float32 — facet channels in the original order (d * heads + h for key/query/value);
-        C * (1 + 8 * hierarchy) when binned; several layers are concatenated along C in the order asked.
-    saliency: (B, T) float32 in [0, 1] (CLS attention of the last block, min-max normalised) or None.
-    num_patches: (Hp, Wp) patch grid; T = Hp * Wp, tokens row-major.
-    load_size: (H, W) of the preprocessed batch.
-    per_layer: {layer: (B, T, C)} unbinned-or-binned descriptors of each requested layer.
-    image: the resized PIL image (B = 1) when known (`Matcher.features` sets it), else None.
-    """
-
-    descriptors: torch.Tensor
-    saliency: torch.Tensor | None
-    num_patches: tuple[int, int]
-    load_size: tuple[int, int]
-    per_layer: dict[int, torch.Tensor]
-    image: object = None
 
 
 def resolve_device(device) -> torch.device:
@@ -63,6 +43,13 @@ def _unshared(t: torch.Tensor, own_refs: int) -> bool:
     # +1: getrefcount's own argument; +1: this function's parameter. Storage: t's own + the temporary
     # storage object made by the measurement.
     return sys.getrefcount(t) <= own_refs + 2 and count(t.untyped_storage()._cdata) <= 2
+
+
+def check_stride(stride, patch_size: int, model: str) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or patch_size % stride:
+        divisors = [d for d in range(1, patch_size + 1) if patch_size % d == 0]
+        raise InputError(f"stride={stride!r} must be a positive int dividing the patch size {patch_size} of "
+                         f"{model}; choose one of {divisors}")
 
 
 class Extractor:
@@ -102,10 +89,7 @@ class Extractor:
             stride = p
         elif stride == "auto":  # the model's default: half its patch (4 for dino_vits8, 7 for dinov2_vits14)
             stride = self.spec.default_stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or p % stride:
-            divisors = [d for d in range(1, p + 1) if p % d == 0]
-            raise InputError(f"stride={stride!r} must be a positive int dividing the patch size {p} of {model}; "
-                             f"choose one of {divisors}")
+        check_stride(stride, p, model)
         if precision not in PRECISIONS:
             raise InputError(f"precision={precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
         self.stride = stride
@@ -123,6 +107,7 @@ class Extractor:
                                       backend_options)
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
         self._lock = threading.Lock()
+        self._strides: dict[int, Extractor] = {}  # `with_stride` results, made once per stride
 
     @property
     def model_name(self) -> str:
@@ -151,8 +136,9 @@ class Extractor:
         return 1 + (height - p) // s, 1 + (width - p) // s
 
     def extract(self, batch: torch.Tensor, layer=9, facet: str = "key", bin: bool = False,
-                saliency: bool = False, *, hierarchy: int = 2) -> Features:
-        """Descriptors of `layer` (int or list of ints) and `facet`, optionally log-binned, plus saliency.
+                saliency: bool = False, *, cls: bool = False, hierarchy: int = 2) -> Features:
+        """Descriptors of `layer` (int or list of ints) and `facet`, optionally log-binned, plus saliency and
+        (``cls=True``) the CLS token's facet (`Features.cls`, never binned), on every backend.
 
         Args:
             batch: (B, 3, H, W) float32, as `preprocess` returns (concatenate same-size images for B > 1).
@@ -163,7 +149,8 @@ class Extractor:
 
         batch = self._check_batch(batch)
         layers = check_request(self.spec, layer, facet)
-        request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency))
+        request = Request(facets=tuple((lyr, facet) for lyr in dict.fromkeys(layers)), saliency=bool(saliency),
+                          cls=bool(cls))
         if getattr(self.backend, "thread_safe", False):
             outputs = self.backend.run(batch, request)
         else:  # per-size session / engine caches and TensorRT execution contexts: one caller at a time
@@ -176,8 +163,68 @@ class Extractor:
             desc = outputs[output_name(lyr, facet)]
             per_layer[lyr] = self._log_bin(desc, grid, hierarchy, len(per_layer)) if bin else desc
         descriptors = torch.cat([per_layer[lyr] for lyr in layers], dim=-1) if len(layers) > 1 else per_layer[layers[0]]
+        cls_rows = None
+        if cls:
+            rows = [outputs[cls_output_name(lyr, facet)] for lyr in layers]
+            cls_rows = torch.cat(rows, dim=-1) if len(rows) > 1 else rows[0]
         return Features(descriptors=descriptors, saliency=outputs.get("saliency"), num_patches=grid,
-                        load_size=(height, width), per_layer=per_layer)
+                        load_size=(height, width), per_layer=per_layer, cls=cls_rows)
+
+    def extract_many(self, images, *, layer=9, facet: str = "key", bin: bool = False, saliency: bool = False,
+                     cls: bool = False, load_size=224, batch_size: int = 8, hierarchy: int = 2,
+                     errors: str = "raise", progress: bool = False, desc: str = "extract",
+                     on_forward=None) -> list:
+        """`extract` for many images: each is preprocessed (`load_size`), images of one preprocessed size go
+        through the backend together (`batch_size` at most per forward), and one `Features` (B = 1, `image` the
+        resized image) per image comes back, in input order. Results equal one `extract` per image.
+
+        Args:
+            images: paths, PIL images or HxWx3 uint8 arrays; an item may also be what `preprocess` returned
+                (a ((1, 3, H, W) tensor, resized image) pair), used as it is.
+            errors: "raise" (default: the first bad image raises, before any forward) or "return": a bad image's
+                entry is an `ImageFailure` (its index and exception; a failed batched forward is retried image by
+                image, so only the bad image fails) and the others complete.
+            progress: a progress bar (`desc`) over the images.
+            on_forward: called after each backend call with (input indices, seconds) (counters, timing).
+        """
+        from .many import extract_many
+
+        return extract_many(self, images, layer=layer, facet=facet, bin=bin, saliency=saliency, cls=cls,
+                            load_size=load_size, batch_size=batch_size, hierarchy=hierarchy, errors=errors,
+                            progress=progress, desc=desc, on_forward=on_forward)
+
+    def with_stride(self, stride: int) -> Extractor:
+        """An Extractor with this one's model, weights, backend, device and precision at another `stride` (a
+        divisor of the patch size; e.g. the applications' stride-8 saliency). Made once per stride and kept while
+        this Extractor lives; `self` for its own stride.
+
+        The weights are read again from their file when they came from one, else taken from the running model
+        (`backend.model_state_dict()`)."""
+        check_stride(stride, self.spec.patch_size, self.spec.name)
+        if stride == self.stride:
+            return self
+        with self._lock:
+            made = self._strides.get(stride)
+        if made is None:
+            made = self._new_stride(stride)
+            with self._lock:
+                made = self._strides.setdefault(stride, made)
+        return made
+
+    def _new_stride(self, stride: int) -> Extractor:
+        from pathlib import Path
+
+        weights = self.weights_source
+        if not (isinstance(weights, str) and Path(weights).is_file()):
+            state = getattr(self.backend, "model_state_dict", None)
+            if state is None:
+                raise InputError(f"with_stride({stride}): the extractor's weights were given in memory and its "
+                                 f"backend {self.backend_name!r} keeps no model; build an Extractor with "
+                                 f"stride={stride} and the same weights instead")
+            weights = state()
+        return Extractor(model=self.spec.name, stride=stride, weights=weights, backend=self.backend_name,
+                         device=self.device, precision=self.precision, rope_periods=self.rope_periods,
+                         pos_interp=self.pos_interp, progress=False)
 
     def _log_bin(self, desc: torch.Tensor, grid, hierarchy: int, slot: int) -> torch.Tensor:
         """log_bin into a buffer kept per (slot, shape, dtype, device), reused when nothing else holds it any more

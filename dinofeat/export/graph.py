@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.vit import Request, StridedViT, apply_rope, recomputed_periods, resample_position_table
+from ..model.vit import (
+    Request,
+    StridedViT,
+    apply_rope,
+    cls_output_name,
+    output_name,
+    recomputed_periods,
+    resample_position_table,
+)
 from .dynamic import dynamic_position_table, dynamic_rope
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -153,13 +161,18 @@ class ExportGraph(nn.Module):
             if qkv_facets or (self.request.saliency and i == self.spec.depth - 1):
                 h = block.norm1(x)
             for facet in qkv_facets:
-                results[f"{facet}{i}"] = block.facet(h, facet)
+                t = block.facet_heads(h, facet)
+                results[output_name(i, facet)] = block.facet(t)
+                if self.request.cls:
+                    results[cls_output_name(i, facet)] = block.cls_facet(t)
             if self.request.saliency and i == self.spec.depth - 1:
                 results["saliency"] = block.cls_saliency(h, rope)
             if i < self.last or "token" in facets:
                 x = block(x, rope)
                 if "token" in facets:
-                    results[f"token{i}"] = x[:, self.num_prefix:]
+                    results[output_name(i, "token")] = x[:, self.num_prefix:]
+                    if self.request.cls:
+                        results[cls_output_name(i, "token")] = x[:, 0]
         return tuple(results[name].float() for name in self.request.output_names())
 
 
@@ -227,14 +240,23 @@ class _ExportBlock(nn.Module):
         h2 = self.ln2(x).to(self.dtype)
         return self.ls2(self.mlp(h2)).float() + x
 
-    def facet(self, h: torch.Tensor, facet: str) -> torch.Tensor:
-        """query/key/value facet (B, T, hd*heads), channel d*heads + h, recomputed on a (B*N, D) view (Gemm)."""
+    def facet_heads(self, h: torch.Tensor, facet: str) -> torch.Tensor:
+        """query/key/value of every token (B, N, heads, hd), recomputed on a (B*N, D) view (Gemm)."""
         t = F.linear(h.reshape(-1, self.dim), getattr(self, f"{facet}_w"), getattr(self, f"{facet}_b"))
         if self.n < 0:
-            t = t.reshape(h.shape[0], -1, self.heads, self.hd)[:, self.num_prefix:]
-            return t.permute(0, 1, 3, 2).reshape(h.shape[0], -1, self.hd * self.heads)
-        t = t.reshape(-1, self.n, self.heads, self.hd)[:, self.num_prefix:]
+            return t.reshape(h.shape[0], -1, self.heads, self.hd)
+        return t.reshape(-1, self.n, self.heads, self.hd)
+
+    def facet(self, t: torch.Tensor) -> torch.Tensor:
+        """`facet_heads` -> the patch tokens' facet (B, T, hd*heads), channel d*heads + h."""
+        t = t[:, self.num_prefix:]
+        if self.n < 0:
+            return t.permute(0, 1, 3, 2).reshape(t.shape[0], -1, self.hd * self.heads)
         return t.permute(0, 1, 3, 2).reshape(-1, self.n - self.num_prefix, self.hd * self.heads)
+
+    def cls_facet(self, t: torch.Tensor) -> torch.Tensor:
+        """`facet_heads` -> the CLS token's facet (B, hd*heads), channel d*heads + h (the row `facet` drops)."""
+        return t[:, 0].transpose(1, 2).reshape(-1, self.hd * self.heads)
 
     def cls_saliency(self, h: torch.Tensor, rope=None) -> torch.Tensor:
         """CLS query row of this block's attention over the patch keys, saliency heads averaged, min-max."""

@@ -11,9 +11,9 @@ Pipeline (`get_onnx` runs it with caching; every step is public for tools and te
    TensorRT 10.x parser and ONNX Runtime's transformer tools handle (their shape inference does not know opset-18
    ReduceMax/ReduceMin). A graph holding another opset-18 change is kept at 18.
 2. `check_graph`: ``onnx.checker`` (full check, with strict shape inference), named input ``images``
-   (batch, 3, H, W) float32 with a symbolic batch, named outputs in request order with static (T, C), opset >= 17,
-   ``LayerNormalization`` present, no Resize/Upsample, default-domain ops only, and every op on TensorRT 10's ONNX
-   support list (`data/tensorrt10_onnx_ops.json`, source named inside).
+   (batch, 3, H, W) float32 with a symbolic batch, named outputs in request order with static (T, C) (CLS rows
+   (C,), saliency (T,)), opset >= 17, ``LayerNormalization`` present, no Resize/Upsample, default-domain ops only,
+   and every op on TensorRT 10's ONNX support list (`data/tensorrt10_onnx_ops.json`, source named inside).
 3. `optimize_for_onnxruntime` (variant ``"ort"``): ONNX Runtime's transformer optimizer (``model_type="vit"``,
    python fusions only) turns each block into ``Attention`` + ``SkipLayerNormalization`` + ``BiasGelu``; the fused
    graph is run against the plain one on ORT CPU and kept only if every output agrees to 1e-4 relative. It holds
@@ -41,7 +41,7 @@ import torch
 
 from ..errors import BackendUnavailableError, DinofeatError, InputError
 from ..io import atomic_write_bytes, temp_path
-from ..model.vit import Request, StridedViT
+from ..model.vit import CLS_PREFIX, Request, StridedViT, cls_output_name, output_name
 from ..model.zoo import MODELS
 from . import cache
 
@@ -69,10 +69,8 @@ def _require_onnx():
     try:
         import onnx
     except ImportError:
-        raise BackendUnavailableError(
-            "ONNX export needs the onnx package (and onnxscript for torch's exporter); install them with "
-            "pip install 'dinofeat[onnx]'"
-        ) from None
+        raise BackendUnavailableError("ONNX export needs the onnx package (and onnxscript for torch's exporter); "
+                                      "install them with pip install 'dinofeat[onnx]'") from None
     return onnx
 
 
@@ -80,10 +78,8 @@ def _require_ort():
     try:
         import onnxruntime
     except ImportError:
-        raise BackendUnavailableError(
-            "this step needs ONNX Runtime; install it with pip install 'dinofeat[onnx]' (CPU) or "
-            "pip install onnxruntime-gpu (CUDA)"
-        ) from None
+        raise BackendUnavailableError("this step needs ONNX Runtime; install it with pip install 'dinofeat[onnx]' "
+                                      "(CPU) or pip install onnxruntime-gpu (CUDA)") from None
     return onnxruntime
 
 
@@ -153,12 +149,14 @@ def graph_spec(vit: StridedViT, request: Request, height: int, width: int, preci
 
 
 def output_shapes(vit: StridedViT, request: Request, height: int, width: int) -> dict[str, tuple[int, ...]]:
-    """{output name: shape without the batch axis}: facets (T, C), saliency (T,)."""
+    """{output name: shape without the batch axis}: facets (T, C), their CLS rows (C,), saliency (T,)."""
     rows, cols = vit.grid(height, width)
     t = rows * cols
     shapes = {}
     for layer, facet in request.facets:
-        shapes[f"{facet}{layer}"] = (t, vit.spec.embed_dim)
+        shapes[output_name(layer, facet)] = (t, vit.spec.embed_dim)
+        if request.cls:
+            shapes[cls_output_name(layer, facet)] = (vit.spec.embed_dim,)
     if request.saliency:
         shapes["saliency"] = (t,)
     return shapes
@@ -422,12 +420,13 @@ def _check_io(model, spec: GraphSpec, vit: StridedViT | None) -> list[str]:
             dims = _dims(out)
             if out.type.tensor_type.elem_type != TensorProto.FLOAT:
                 problems.append(f"output {out.name} is not float32")
-            if spec.dynamic:
-                want = shapes[out.name][1:]
-                if len(dims) != 1 + len(shapes[out.name]) or not all(isinstance(d, str) for d in dims[:2]) \
-                        or tuple(dims[2:]) != want:
-                    problems.append(f"output {out.name} shape {dims} != [batch, tokens"
-                                    f"{''.join(f', {d}' for d in want)}] (batch, tokens symbolic)")
+            if spec.dynamic:  # (batch, tokens, ...) symbolic; a CLS row (batch, C): batch only
+                sym = ["batch"] if out.name.startswith(CLS_PREFIX) else ["batch", "tokens"]
+                want, n = shapes[out.name][len(sym) - 1:], len(sym)
+                if len(dims) != 1 + len(shapes[out.name]) or not all(isinstance(d, str) for d in dims[:n]) \
+                        or tuple(dims[n:]) != want:
+                    problems.append(f"output {out.name} shape {dims} != [{', '.join(sym)}"
+                                    f"{''.join(f', {d}' for d in want)}] ({', '.join(sym)} symbolic)")
             elif not dims or not isinstance(dims[0], str) or tuple(dims[1:]) != shapes[out.name]:
                 problems.append(f"output {out.name} shape {dims} != [batch, {', '.join(map(str, shapes[out.name]))}]")
     return problems

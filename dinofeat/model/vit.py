@@ -9,7 +9,9 @@ an official state dict loads without renaming (DINOv3's official / timm layouts 
   hook), laid out (B, T, C) with channel index ``d * num_heads + h`` (SEMANTICS §4), prefix tokens dropped;
 * facet ``token`` of block L = the block's output (B, T, D), natural channel order;
 * saliency = the CLS query's attention row over the patch keys in the last block, averaged over the model's
-  saliency heads and min-max normalised per image (SEMANTICS §5); only that row is computed.
+  saliency heads and min-max normalised per image (SEMANTICS §5); only that row is computed;
+* ``Request.cls``: for each requested (layer, facet), the same facet of the CLS token (B, C) (output
+  ``cls_output_name``), the row the facet drops, in the facet's channel order (the original's ``include_cls``).
 
 Blocks past the deepest request are not run. Blocks that are run in full use fused attention (SDPA).
 
@@ -46,18 +48,33 @@ from .zoo import FACETS, ModelSpec
 
 @dataclass(frozen=True)
 class Request:
-    """What one forward must produce: facets as (layer, facet) pairs, and whether to add saliency."""
+    """What one forward must produce: facets as (layer, facet) pairs, whether to add each facet's CLS row
+    (`cls`) and whether to add saliency.
+
+    Outputs, in `output_names` order: the facets (B, T, C), then with `cls` the CLS row of each facet (B, C),
+    then saliency (B, T)."""
 
     facets: tuple[tuple[int, str], ...] = ((9, "key"),)
     saliency: bool = False
+    cls: bool = False
 
     def output_names(self) -> list[str]:
         names = [output_name(layer, facet) for layer, facet in self.facets]
+        if self.cls:
+            names += [cls_output_name(layer, facet) for layer, facet in self.facets]
         return names + (["saliency"] if self.saliency else [])
 
 
 def output_name(layer: int, facet: str) -> str:
     return f"{facet}{layer}"
+
+
+CLS_PREFIX = "cls_"
+
+
+def cls_output_name(layer: int, facet: str) -> str:
+    """Name of the output holding the CLS token's `facet` at `layer` (B, C)."""
+    return f"{CLS_PREFIX}{facet}{layer}"
 
 
 class PatchEmbed(nn.Module):
@@ -285,7 +302,10 @@ class StridedViT(nn.Module):
             if qkv_facets:
                 qkv = block.attn.split_qkv(block.attn.qkv(block.norm1(tokens)))
                 for facet in qkv_facets:
-                    results[output_name(i, facet)] = self._layout(qkv[("query", "key", "value").index(facet)], npre)
+                    part = qkv[("query", "key", "value").index(facet)]
+                    results[output_name(i, facet)] = self._layout(part, npre)
+                    if request.cls:
+                        results[cls_output_name(i, facet)] = self._cls_layout(part)
             if request.saliency and i == spec.depth - 1:
                 attn = block.attn.cls_attention(block.norm1(tokens), rope, npre)  # (B, heads, N)
                 results["saliency"] = _minmax(self._saliency_heads_of(attn)[:, :, npre:].mean(dim=1))
@@ -293,6 +313,8 @@ class StridedViT(nn.Module):
                 tokens = block(tokens, rope, npre)
                 if "token" in facets:
                     results[output_name(i, "token")] = tokens[:, npre:]
+                    if request.cls:
+                        results[cls_output_name(i, "token")] = tokens[:, 0]
         return [results[name] for name in request.output_names()]
 
     def _saliency_heads_of(self, attn: torch.Tensor) -> torch.Tensor:
@@ -306,6 +328,12 @@ class StridedViT(nn.Module):
         """(B, heads, N, hd) -> (B, T, hd * heads) with channel d * heads + h, prefix tokens dropped."""
         b, h, _, d = t.shape
         return t[:, :, num_prefix:].permute(0, 2, 3, 1).reshape(b, -1, d * h)
+
+    @staticmethod
+    def _cls_layout(t: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, hd) -> the CLS token's (B, hd * heads), channel d * heads + h (as `_layout`)."""
+        b, h, _, d = t.shape
+        return t[:, :, 0].permute(0, 2, 1).reshape(b, d * h)
 
 
 def resample_position_table(spec: ModelSpec, pos_embed: torch.Tensor, height: int, width: int,

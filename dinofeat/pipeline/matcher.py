@@ -12,6 +12,7 @@ import torch
 
 from ..correspondences import Correspondences, check_match_args, match_views, view_of
 from ..engine.extractor import Features
+from ..engine.many import ImageFailure
 from ..errors import DinofeatError, InputError
 from .prefetch import prefetch_map
 from .results import PairResult
@@ -110,8 +111,7 @@ class Matcher:
         key = self.key(image)
         f, _ = self._lookup(key)
         if f is None:
-            batch, pil = self._decode(image, "image")
-            f = self._forward([batch], [pil])[0]
+            f = self._forward([self._decode(image, "image")], 1, errors="raise")[0]
             self.store.put(key, f)
         return f
 
@@ -207,29 +207,36 @@ class Matcher:
                 "images": (self._prepare_image(image1, "image1"), self._prepare_image(image2, "image2"))}
 
     def _extract_window(self, chunk: list[dict], batch_size: int) -> None:
-        """Forward every image of the window not found in the store, grouped by size, B <= batch_size."""
+        """Forward every image of the window not found in the store (`Extractor.extract_many`: grouped by size,
+        B <= batch_size; a bad image is that image's error)."""
         todo: dict[str, dict] = {}
         for job in chunk:
             for prep in job["images"]:
                 if "batch" in prep and prep["key"] not in todo:
                     todo[prep["key"]] = prep
-        by_size: dict[tuple, list[str]] = {}
+        forward: list[str] = []
         for key, prep in todo.items():
             f, where = self._lookup(key, count=False)  # extracted since this image was prepared (an earlier window)
             if f is not None:
                 prep["features"], prep["where"] = f, where
             else:
-                by_size.setdefault(tuple(prep["batch"].shape[-2:]), []).append(key)
-        for keys in by_size.values():
-            for start in range(0, len(keys), batch_size):
-                group = [todo[k] for k in keys[start:start + batch_size]]
-                self._extract_group(group)
+                forward.append(key)
+        group = [todo[k] for k in forward]
+        seconds = {}
+        feats = self._forward([(p["batch"], p["image"]) for p in group], batch_size, seconds)
+        for i, (p, f) in enumerate(zip(group, feats, strict=True)):
+            p.pop("batch", None)
+            if isinstance(f, ImageFailure):
+                p["error"] = f"feature extraction failed: {type(f.error).__name__}: {f.error}"
+                continue
+            self.store.put(p["key"], f)
+            p["features"], p["forward_seconds"] = f, seconds[i]
         with self._lock:
             for key in todo:
                 self._decoded.pop(key, None)
         for job in chunk:  # share the extracted features with every job that prepared the same image
             job["images"] = tuple(todo.get(p.get("key"), p) if "batch" in p else p for p in job["images"])
-        self._count_lookups(chunk, {k for keys in by_size.values() for k in keys})
+        self._count_lookups(chunk, set(forward))
 
     def _count_lookups(self, chunk: list[dict], forwarded: set[str]) -> None:
         """One store outcome per image of each pair: the first use of an image forwarded in this window is the
@@ -246,43 +253,23 @@ class Matcher:
                 elif "where" in prep:
                     self.store.count(prep["where"])
 
-    def _extract_group(self, group: list[dict]) -> None:
-        t0 = time.perf_counter()
-        try:
-            feats = self._forward([p["batch"] for p in group], [p["image"] for p in group])
-        except Exception as e:  # noqa: BLE001 - isolate the bad image: retry one by one
-            if len(group) > 1:
-                for p in group:
-                    self._extract_group([p])
-            else:
-                group[0]["error"] = f"feature extraction failed: {type(e).__name__}: {e}"
-                group[0].pop("batch", None)
-            return
-        seconds = (time.perf_counter() - t0) / len(group)
-        for i, p in enumerate(group):
-            self.store.put(p["key"], feats[i])
-            p["features"], p["forward_seconds"] = feats[i], seconds
-            p.pop("batch", None)
-
-    def _forward(self, batches: list[torch.Tensor], images: list) -> list[Features]:
-        """One backend call for same-size (1, 3, H, W) batches -> one unbinned B = 1 `Features` each."""
+    def _forward(self, prepared: list[tuple], batch_size: int, seconds: dict | None = None,
+                 errors: str = "return") -> list:
+        """Unbinned B = 1 `Features` (or `ImageFailure`) of preprocessed (batch, resized image) pairs, same-size
+        images batched (`Extractor.extract_many`); `seconds` receives each image's share of its forward."""
         c = self.config
-        t0 = time.perf_counter()
-        batch = torch.cat(batches) if len(batches) > 1 else batches[0]
-        f = self.extractor.extract(batch, layer=c.layer, facet=c.facet, bin=False, saliency=True)
-        out = []
-        for i, image in enumerate(images):
-            per_layer = {lyr: t[i:i + 1].clone() for lyr, t in f.per_layer.items()}
-            only = next(iter(f.per_layer))
-            desc = per_layer[only] if f.descriptors is f.per_layer[only] else f.descriptors[i:i + 1].clone()
-            out.append(self._placed(Features(descriptors=desc, saliency=f.saliency[i:i + 1].clone(),
-                                             num_patches=f.num_patches, load_size=f.load_size, per_layer=per_layer,
-                                             image=image)))
-        with self._lock:
-            self.forwards += len(batches)
-            self.forward_calls += 1
-            self.stage_seconds["forward"] += time.perf_counter() - t0
-        return out
+
+        def counted(indices: list[int], spent: float) -> None:
+            with self._lock:
+                self.forwards += len(indices)
+                self.forward_calls += 1
+                self.stage_seconds["forward"] += spent
+            if seconds is not None:
+                seconds.update((i, spent / len(indices)) for i in indices)
+
+        feats = self.extractor.extract_many(prepared, layer=c.layer, facet=c.facet, bin=False, saliency=True,
+                                            batch_size=batch_size, errors=errors, on_forward=counted)
+        return [f if isinstance(f, ImageFailure) else self._placed(f) for f in feats]
 
     def _lookup(self, key: str, *, count: bool = True) -> tuple[Features | None, str]:
         """The store's entry of `key` on the backend's device (a disk hit is read to the CPU: it is moved once and

@@ -24,14 +24,7 @@ from dinofeat.testing import deterministic_weights  # noqa: E402
 MULTI = Request(facets=((3, "query"), (5, "value"), (7, "token"), (9, "key")), saliency=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ort_cache(tmp_path_factory):
-    """The session's export cache (shared with tests/export) as $DINOFEAT_CACHE: nothing is written to ~/.cache."""
-    path = tmp_path_factory.getbasetemp() / "dinofeat_cache"
-    path.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DINOFEAT_CACHE", str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("ort_cache")  # the session's export cache as $DINOFEAT_CACHE (conftest)
 
 
 @pytest.fixture(scope="module")

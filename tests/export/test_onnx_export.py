@@ -34,13 +34,14 @@ from dinofeat.export.onnx import (  # noqa: E402
     tensorrt_op_table,
     tensorrt_unsupported_ops,
 )
-from dinofeat.model.vit import Request, StridedViT  # noqa: E402
+from dinofeat.model.vit import Request, StridedViT, cls_output_name  # noqa: E402
 from dinofeat.model.zoo import get_model_spec  # noqa: E402
 from dinofeat.testing import deterministic_weights  # noqa: E402
 
 H, W = 64, 96
 KEY_SAL = Request(facets=((9, "key"),), saliency=True)
 MULTI = Request(facets=((3, "query"), (5, "value"), (7, "token"), (9, "key")), saliency=True)
+CLS_REQ = Request(facets=((0, "query"), (1, "value"), (2, "token"), (3, "key")), saliency=True, cls=True)
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +341,79 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "expected HxW" in capsys.readouterr().err
     assert main(["export", "--stride", "3", "-o", str(tmp_path / "m.onnx")]) == 2
     assert "must divide the patch size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- CLS output
+# `Request(cls=True)` / `Extractor.extract(cls=True)`: StridedViT gives the row each facet drops (what the original's
+# hooks read), and the graph gives the same as StridedViT for every output, fixed and dynamic, for each family.
+def test_output_names_and_default_request_unchanged():
+    assert Request(facets=((9, "key"),), saliency=True).output_names() == ["key9", "saliency"]
+    assert CLS_REQ.output_names() == ["query0", "value1", "token2", "key3", "cls_query0", "cls_value1",
+                                      "cls_token2", "cls_key3", "saliency"]
+
+
+@pytest.mark.parametrize("name, stride", [("dino_vits8", 4), ("dinov2_vits14_reg", 7), ("dinov3_vits16", 8)])
+def test_cls_rows_are_what_the_hooks_read(name, stride):
+    """The CLS row of each facet = the qkv Linear's (or the block output's) token 0, in the facet's channel order
+    (d * heads + h), read by forward hooks as the original's `include_cls`; the other outputs are unchanged."""
+    vit = _small(name, stride)
+    heads = vit.spec.num_heads
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 48, 64)).astype(np.float32))
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(name, row):
+        seen.setdefault(name, row.clone())  # the first call: the facet's own forward (a hook returns None)
+
+    for layer, facet in CLS_REQ.facets:
+        block = vit.blocks[layer]
+        if facet == "token":
+            handles.append(block.register_forward_hook(
+                lambda _m, _i, out, k=layer: keep(f"cls_token{k}", out[:, 0])))
+        else:
+            j = ("query", "key", "value").index(facet)
+            handles.append(block.attn.qkv.register_forward_hook(lambda _m, _i, out, k=layer, f=facet, j=j: keep(
+                f"cls_{f}{k}", out[:, 0].reshape(out.shape[0], 3, heads, -1)[:, j].permute(0, 2, 1)
+                .reshape(out.shape[0], -1))))
+    with torch.no_grad():
+        got = dict(zip(CLS_REQ.output_names(), vit.forward_features(x, CLS_REQ), strict=True))
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        plain = Request(facets=CLS_REQ.facets, saliency=True)
+        without = dict(zip(plain.output_names(), vit.forward_features(x, plain), strict=True))
+    for layer, facet in CLS_REQ.facets:
+        key = cls_output_name(layer, facet)
+        assert got[key].shape == (2, vit.spec.embed_dim)
+        assert torch.equal(got[key], seen[key]), key
+    for out, t in without.items():
+        assert torch.equal(got[out], t), out
+
+
+@pytest.mark.parametrize("name, stride, h, w", [("dino_vits8", 4, 64, 96), ("dinov2_vits14_reg", 7, 56, 84)])
+def test_fixed_graph_matches_torch_for_every_output(name, stride, h, w):
+    vit = _small(name, stride)
+    model = export_onnx(vit, CLS_REQ, h, w)
+    assert check_graph(model, spec=graph_spec(vit, CLS_REQ, h, w), vit=vit, for_tensorrt=True) == []
+    assert tensorrt_unsupported_ops(model) == {}
+    assert [o.name for o in model.graph.output] == CLS_REQ.output_names()
+    x = np.random.default_rng(2).standard_normal((2, 3, h, w)).astype(np.float32)
+    got, ref = _run(model, x), _reference(vit, CLS_REQ, x)
+    for out in CLS_REQ.output_names():
+        assert got[out].shape == ref[out].shape, out
+        assert rel_err(got[out], ref[out]) < 1e-4, out
+
+
+@pytest.mark.parametrize("name, stride", [("dinov3_vits16", 8)])  # RoPE; DINO's dynamic table: test_dynamic_shapes
+def test_dynamic_graph_matches_torch_at_several_sizes(name, stride):
+    vit = _small(name, stride, depth=2)
+    req = Request(facets=((0, "key"), (1, "token")), saliency=True, cls=True)
+    model = export_onnx(vit, req, 64, 96, dynamic=True)
+    assert check_graph(model, spec=graph_spec(vit, req, 64, 96, dynamic=True), vit=vit, for_tensorrt=True) == []
+    rng = np.random.default_rng(3)
+    for h, w in [(64, 96), (120, 72), (37, 101)]:
+        x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+        got, ref = _run(model, x), _reference(vit, req, x)
+        for out in req.output_names():
+            assert got[out].shape == ref[out].shape, (h, w, out)
+            assert rel_err(got[out], ref[out]) < 1e-4, (h, w, out)

@@ -15,9 +15,11 @@ class Backend(Protocol):
 
     `run(batch, request)` takes a (B, 3, H, W) float32 tensor (already on `device`) and returns
     {name: tensor} with names from `request.output_names()` ("key9", "saliency", ...): facets (B, T, C) in the
-    original channel order, saliency (B, T); float32 torch tensors on the backend's device. Nothing above a backend
-    knows which one ran. A backend whose `run` may be called from several threads at once sets the class
-    attribute `thread_safe = True`; otherwise the Extractor serialises its calls.
+    original channel order, their CLS rows (B, C) when `request.cls`, saliency (B, T); float32 torch tensors on the
+    backend's device. Nothing above a backend knows which one ran. Backends that keep the model also offer
+    `model_state_dict()` (fp32 CPU weights, for `Extractor.with_stride`). A backend whose `run` may be called from
+    several threads at once sets the class attribute `thread_safe = True`; otherwise the Extractor serialises its
+    calls.
     """
 
     name: str

@@ -295,6 +295,10 @@ class OnnxRuntimeBackend:
         return _Session(session, str(path), providers, names, output_shapes(self.model, request, height, width),
                         on_gpu)
 
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """fp32 CPU copy of the exported model's weights (for `Extractor.with_stride`)."""
+        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
         height, width = int(batch.shape[-2]), int(batch.shape[-1])

@@ -234,6 +234,10 @@ class TensorRTBackend:
         if not ok:
             raise BackendError(self._failed(eng, what))
 
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """fp32 CPU copy of the exported model's weights (for `Extractor.with_stride`)."""
+        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
         height, width = int(batch.shape[-2]), int(batch.shape[-1])

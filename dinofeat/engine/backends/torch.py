@@ -154,6 +154,14 @@ class TorchBackend:
                 self._pos[key] = tuple(t.to(self.device) for t in self.model.rope_embedding(height, width))
         return self._pos[key]
 
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """fp32 CPU copy of the running model's weights (the learned position table as loaded, at full precision
+        whatever the run precision): what `Extractor.with_stride` builds another stride from."""
+        state = {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+        if self._pos_table is not None:
+            state["pos_embed"] = self._pos_table.clone()
+        return state
+
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:
         height, width = (int(s) for s in batch.shape[-2:])
         pos = self._positions(height, width)
