@@ -30,12 +30,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..config import MATCH_PRECISIONS
 from ..errors import BackendUnavailableError, InputError
 from . import _arrays as A
 from . import reference
 
 IMPLS = ("auto", "reference", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = MATCH_PRECISIONS  # declared in dinofeat.config
 MAX_HIERARCHY = 12  # 3**11 still fits comfortably in 32-bit offsets
 
 
