@@ -136,3 +136,38 @@ def test_old_command_line_paths_warn_and_alias_the_new_modules(old, new):
         mod = importlib.import_module(old)
     assert mod is importlib.import_module(new)
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+def test_ray_job_takes_the_settings_objects_and_the_flat_keywords():
+    import pickle
+
+    from dinofeat.distributed.ray_job import RayJobOptions
+
+    o = RayJobOptions.from_kwargs(ExtractorConfig(load_size=64, weights="w.pth"), MatchConfig(num_pairs=3),
+                                  thresh=0.2, batch_size=2)
+    assert (o.load_size, o.weights, o.num_pairs, o.thresh, o.batch_size, o.stride) == (64, "w.pth", 3, 0.2, 2, 4)
+    assert o.extractor.load_size == 64 and o.match == MatchConfig(num_pairs=3, thresh=0.2)
+    assert pickle.loads(pickle.dumps(o)) == o  # shipped to the actors
+    flat = RayJobOptions.from_kwargs(model="dino_vits8", layer=11, bin=False, cpus_per_worker=2.0)
+    assert (flat.layer, flat.bin, flat.cpus_per_worker, flat.stride) == (11, False, 2.0, 4)
+    assert RayJobOptions(extractor=ExtractorConfig(stride="auto")).stride == 4  # resolved for the pair stage
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['load'\]"):
+        RayJobOptions.from_kwargs(load=3)
+    with pytest.raises(InputError, match="facet='keys' is unknown"):
+        RayJobOptions.from_kwargs(facet="keys")
+
+
+def test_triton_repository_is_built_from_and_gives_back_the_settings_objects():
+    from dinofeat.serve.repository import RepositoryOptions, settings_of
+
+    ec = ExtractorConfig(weights="w.pth", precision="fp16", load_size=(64, 96))
+    o = RepositoryOptions.from_configs(ec, MatchConfig(layer=[9, 11], bin=False, num_pairs=5), max_batch=16)
+    assert o == RepositoryOptions(weights="w.pth", precision="fp16", height=64, width=96, layers=(9, 11), bin=False,
+                                  num_pairs=5, max_batch=16)
+    assert RepositoryOptions.from_configs() == RepositoryOptions()
+    back_ec, back_mc = o.settings()
+    assert (back_ec.load_size, back_ec.stride, back_ec.precision) == ((64, 96), 4, "fp16")
+    assert back_mc == MatchConfig(layer=[9, 11], bin=False, num_pairs=5)
+    assert settings_of({**vars(RepositoryOptions()), "layers": [9]})[1] == MatchConfig()
+    with pytest.raises(InputError, match="precision='bf16': a repository's graph is fp32 or fp16"):
+        RepositoryOptions.from_configs(ExtractorConfig(precision="bf16"))

@@ -68,11 +68,10 @@ def _triton_repo(args) -> int:
     from ..serve.server import container_command
 
     height, width = parse_size(args.size)
-    o = RepositoryOptions(model=args.model, stride=args.stride, weights=args.weights, layers=tuple(args.layer),
-                          facet=args.facet, height=height, width=width, backend=args.backend,
-                          precision=args.precision, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
-                          instance_kind=args.instance_kind, instances=args.instances, num_pairs=args.num_pairs,
-                          thresh=args.thresh, bin=not args.no_bin)
+    model = ExtractorConfig.from_args(args, backend="auto", load_size=(height, width))  # --backend: Triton's
+    o = RepositoryOptions.from_configs(model, MatchConfig.from_args(args), backend=args.backend,
+                                       max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+                                       instance_kind=args.instance_kind, instances=args.instances)
     out = write_repository(args.out, o, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote Triton model repository {out}: dinofeat_vit ({o.backend}, max batch {o.max_batch}, "
           f"{height}x{width}), dinofeat_match (python), dinofeat_pair (ensemble)")
