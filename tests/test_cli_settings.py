@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_table import flag_table
+from testutil import EXAMPLES
 
 from dinofeat.cli import build_parser
 from dinofeat.cli.common import Parser
@@ -171,3 +172,13 @@ def test_triton_repository_is_built_from_and_gives_back_the_settings_objects():
     assert settings_of({**vars(RepositoryOptions()), "layers": [9]})[1] == MatchConfig()
     with pytest.raises(InputError, match="precision='bf16': a repository's graph is fp32 or fp16"):
         RepositoryOptions.from_configs(ExtractorConfig(precision="bf16"))
+
+
+def test_matcher_from_the_settings_objects(vits8_weights_file):
+    from dinofeat.pipeline.matcher import Matcher
+
+    ec = ExtractorConfig(weights=str(vits8_weights_file), backend="torch", device="cpu", load_size=32)
+    m = Matcher.from_configs(ec, MatchConfig(num_pairs=3, bin=False, thresh=0.1))
+    c = m.config
+    assert (c.load_size, c.num_pairs, c.bin, c.thresh, c.stride, m.extractor.stride) == (32, 3, False, 0.1, 4, 4)
+    assert len(m.match(EXAMPLES / "img_a.png", EXAMPLES / "img_b.png")) == 3
