@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from dinofeat.bench import add_bench_arguments
     from dinofeat.bench.runner import main_from_args
+    from dinofeat.cli.bench import add_bench_arguments
     from dinofeat.errors import DinofeatError
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks")

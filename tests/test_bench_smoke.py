@@ -82,7 +82,7 @@ def test_baseline_row_subset_is_scaled_to_all_rows(original):
 
 
 def _bench_args(tmp_path, *extra):
-    from dinofeat.bench import add_bench_arguments
+    from dinofeat.cli.bench import add_bench_arguments
 
     p = argparse.ArgumentParser()
     add_bench_arguments(p)

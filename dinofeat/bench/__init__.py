@@ -7,23 +7,12 @@ timing and memory protocol (:mod:`.timing`), FLOP counts and floors (:mod:`.flop
 plots (:mod:`.report`, :mod:`.plots`), the streaming latency benchmark (:mod:`.latency`) and the precision
 benchmark (:mod:`.precision`).
 
-May import every layer below it (apps, stream, robotics, pipeline, engine, kernels, ...) and its sibling
-`dinofeat.doctor` (the environment and CUDA probes); never `dinofeat.cli` above it (TEMPORARY: `bench latency`
-still borrows the match / model flags of the CLI) and never the repository's development `benchmarks/` package
-statically: its baseline, alternatives and kernel micro-benchmarks are found at run time in a source checkout
-(:mod:`.checkout`) and skipped with the reason elsewhere.
+Its command-line front-end (the flags of `dinofeat bench`, `bench latency`, `bench precision`) is
+`dinofeat.cli.bench`, generated from `dinofeat.config` like every command's.
+
+May import every layer below it (serve, distributed, robotics, stream, apps, pipeline, engine, kernels, ...);
+`dinofeat.doctor` (its sibling) imports this package, never the reverse. Never `dinofeat.cli` above it, and never
+the repository's development `benchmarks/` package statically: its baseline, alternatives and kernel
+micro-benchmarks are found at run time in a source checkout (:mod:`.checkout`) and skipped with the reason
+elsewhere.
 """
-
-from .command import (
-    DEFAULT_SIZES,
-    add_bench_arguments,
-    add_bench_command,
-    add_latency_arguments,
-    add_precision_arguments,
-    bench_main,
-    latency_main,
-    precision_main,
-)
-
-__all__ = ["DEFAULT_SIZES", "add_bench_arguments", "add_bench_command", "add_latency_arguments",
-           "add_precision_arguments", "bench_main", "latency_main", "precision_main"]

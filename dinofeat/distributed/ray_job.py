@@ -18,38 +18,77 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..config import ExtractorConfig, MatchConfig
 from ..errors import BackendUnavailableError, DinofeatError, InputError
 from ..pipeline.matcher import DEFAULTS
 
 
+def _default_extractor():
+    return ExtractorConfig(stride=DEFAULTS.stride)  # the Matcher's default stride (4), as the batch CLI
+
+
 @dataclass(frozen=True)
 class RayJobOptions:
-    """Configuration of a Ray matching job; model and matching defaults are the `Matcher`'s (`DEFAULTS`)."""
+    """Configuration of a Ray matching job: the model and matching settings are the API's own `ExtractorConfig` /
+    `MatchConfig` (one block: several layers are the single-process Matcher's; the device follows
+    `gpus_per_worker`), plus how Ray runs the actors. Read access stays flat (`options.model`, `options.layer`);
+    `from_kwargs(model=..., layer=..., batch_size=...)` builds one from the flat keywords of `match_pairs`."""
 
-    model: str = DEFAULTS.model          # zoo name
-    stride: int = DEFAULTS.stride        # patch-embedding stride
-    weights: str | None = None           # checkpoint path readable on every worker; None: the official file
-    backend: str = DEFAULTS.backend      # ViT backend inside each actor (auto: torch on CPU)
-    precision: str = DEFAULTS.precision  # ViT precision (fp32 exact)
-    load_size: object = DEFAULTS.load_size  # shorter side after resizing, or (H, W)
-    layer: int = 9                       # one block (several layers: the single-process Matcher)
-    facet: str = DEFAULTS.facet
-    bin: bool = DEFAULTS.bin             # log-bin before Best Buddies
-    thresh: float = DEFAULTS.thresh      # saliency threshold of the foreground
-    num_pairs: int = DEFAULTS.num_pairs  # pairs returned per image pair
+    extractor: ExtractorConfig = field(default_factory=_default_extractor)  # model, weights, backend, load size
+    match: MatchConfig = field(default_factory=MatchConfig)  # layer, facet, bin, thresh, num_pairs
     batch_size: int = DEFAULTS.batch_size  # images (stage 1) / pairs (stage 2) per actor call
     cpus_per_worker: float = 1.0         # Ray CPUs per actor; torch threads per actor = max(1, int(this))
     max_restarts: int = 3                # Ray: restarts of a dead actor
     max_task_retries: int = 3            # Ray: retries of a batch whose actor died
 
+    def __post_init__(self):
+        if not isinstance(self.extractor, ExtractorConfig) or not isinstance(self.match, MatchConfig):
+            raise InputError("extractor / match: expected dinofeat.config.ExtractorConfig and MatchConfig, got "
+                             f"{type(self.extractor).__name__} / {type(self.match).__name__}")
+        if self.extractor.stride in ("auto", None):  # the pair stage needs the number (match_views' stride)
+            from ..model.zoo import get_model_spec
+
+            spec = get_model_spec(self.extractor.model)
+            stride = spec.default_stride if self.extractor.stride == "auto" else spec.patch_size
+            object.__setattr__(self, "extractor", dataclasses.replace(self.extractor, stride=stride))
+
+    @classmethod
+    def from_kwargs(cls, extractor_config: ExtractorConfig | None = None, match_config: MatchConfig | None = None,
+                    **config) -> RayJobOptions:
+        """From the configs and/or flat keywords: any `ExtractorConfig` field but device (model, stride, weights,
+        backend, precision, load_size, ...), any `MatchConfig` field (layer, facet, bin, thresh, num_pairs, ...),
+        and this class's own (batch_size, cpus_per_worker, max_restarts, max_task_retries); keywords win."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"extractor", "match"}
+        model = {f.name for f in dataclasses.fields(ExtractorConfig)} - {"device"}
+        matching = {f.name for f in dataclasses.fields(MatchConfig)}
+        unknown = set(config) - own - model - matching
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)}; expected fields of RayJobOptions, "
+                             "ExtractorConfig or MatchConfig")
+        ec = dataclasses.replace(extractor_config or _default_extractor(),
+                                 **{k: v for k, v in config.items() if k in model})
+        mc = dataclasses.replace(match_config or MatchConfig(), **{k: v for k, v in config.items() if k in matching})
+        return cls(extractor=ec, match=mc, **{k: v for k, v in config.items() if k in own})
+
+    def __getattr__(self, name):
+        """`options.model`, `options.layer`, ...: the fields of the two configs."""
+        if not name.startswith("_"):
+            for part in ("extractor", "match"):
+                cfg = self.__dict__.get(part)
+                if cfg is not None and name in cfg.__dataclass_fields__:
+                    return getattr(cfg, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
 
 def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: int = 0,
-                address: str | None = None, labels=None, progress: bool = False, **config) -> dict:
+                address: str | None = None, labels=None, progress: bool = False,
+                extractor_config: ExtractorConfig | None = None, match_config: MatchConfig | None = None,
+                **config) -> dict:
     """Match every (image1, image2) of `pairs` on a Ray cluster and write one Parquet row per pair to `out`.
 
     Args:
@@ -60,7 +99,10 @@ def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: 
         gpus_per_worker: 0 (CPU actors) or 1 (one GPU per actor, device cuda).
         address: Ray cluster address (`ray.init(address=...)`); default: the running or a new local cluster.
         labels: (name1, name2) per pair for the image1/image2 columns (default: the paths as given).
-        config: `RayJobOptions` fields (model, weights, load_size, layer, facet, thresh, num_pairs, ...).
+        extractor_config, match_config: the model and matching settings (`dinofeat.config`; defaults: theirs,
+            stride 4).
+        config: flat keywords that replace single settings (model, weights, load_size, layer, facet, thresh,
+            num_pairs, ...) and Ray's (batch_size, cpus_per_worker, ...): see `RayJobOptions.from_kwargs`.
 
     Returns:
         {"pairs", "failed", "images", "seconds", "out"}.
@@ -74,13 +116,15 @@ def match_pairs(pairs, out, *, num_workers: int | None = None, gpus_per_worker: 
     summary = {"pairs": 0, "failed": 0}
     with ResultWriter(out) as writer:
         for row in iter_rows(pairs, num_workers=num_workers, gpus_per_worker=gpus_per_worker, address=address,
-                             labels=labels, progress=progress, summary=summary, **config):
+                             labels=labels, progress=progress, summary=summary,
+                             extractor_config=extractor_config, match_config=match_config, **config):
             writer.write(row)
     return dict(summary, seconds=time.perf_counter() - start, out=str(out))
 
 
 def iter_rows(pairs, *, num_workers: int | None = None, gpus_per_worker: int = 0, address: str | None = None,
-              labels=None, progress: bool = False, summary: dict | None = None, **config):
+              labels=None, progress: bool = False, summary: dict | None = None,
+              extractor_config: ExtractorConfig | None = None, match_config: MatchConfig | None = None, **config):
     """The job of `match_pairs` as a generator of result rows (dicts of the Parquet columns), in input order.
 
     `summary` (optional dict) receives "pairs", "failed" and "images" as rows come out.
@@ -89,10 +133,7 @@ def iter_rows(pairs, *, num_workers: int | None = None, gpus_per_worker: int = 0
         import ray
     except ImportError as e:
         raise BackendUnavailableError(f"match_pairs needs Ray ({e}); pip install 'dinofeat[ray]'") from None
-    unknown = set(config) - {f.name for f in dataclasses.fields(RayJobOptions)}
-    if unknown:
-        raise InputError(f"unknown option(s) {sorted(unknown)}; expected fields of RayJobOptions")
-    options = RayJobOptions(**config)
+    options = RayJobOptions.from_kwargs(extractor_config, match_config, **config)
     pairs = _check_pairs(pairs)
     labels = [(str(a), str(b)) for a, b in labels] if labels is not None else pairs
     if len(labels) != len(pairs):
@@ -177,8 +218,7 @@ class _Extract:
 
         _set_threads(options)
         self.o = options
-        self.ex = Extractor(model=options.model, stride=options.stride, weights=options.weights,
-                            backend=options.backend, device=device, precision=options.precision, progress=False)
+        self.ex = Extractor.from_config(dataclasses.replace(options.extractor, device=device))
 
     def __call__(self, batch: dict) -> dict:
         from ..engine.many import ImageFailure

@@ -8,6 +8,7 @@ import threading
 
 import torch
 
+from ..config import MODEL_PRECISIONS
 from ..errors import InputError
 from ..limits import check_tokens
 from ..model.vit import Request, build_vit, check_request, cls_output_name, output_name, with_pos_interp
@@ -16,7 +17,7 @@ from . import preprocess as _pre
 from .backends import create_backend, resolve_backend_name
 from .features import Features
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # tf32: CUDA matmuls/convs in TF32 (opt-in)
+PRECISIONS = MODEL_PRECISIONS  # fp32 exact; tf32: CUDA matmuls/convs in TF32 (opt-in); bf16 / fp16
 
 
 def resolve_device(device) -> torch.device:
@@ -108,6 +109,21 @@ class Extractor:
         self._bin_buffers: dict = {}  # log-bin output buffers, one per (layer slot, shape, dtype, device)
         self._lock = threading.Lock()
         self._strides: dict[int, Extractor] = {}  # `with_stride` results, made once per stride
+
+    @classmethod
+    def from_config(cls, config, *, progress: bool = False, backend_options: dict | None = None) -> Extractor:
+        """The `Extractor` a `dinofeat.config.ExtractorConfig` describes (loads the weights); its `onnx` graphs
+        (backend onnxruntime) are added for their sizes."""
+        from ..config import ExtractorConfig
+
+        if not isinstance(config, ExtractorConfig):
+            raise InputError(f"config: expected dinofeat.config.ExtractorConfig, got {type(config).__name__}")
+        if config.onnx and config.backend != "onnxruntime":
+            raise InputError(f"onnx={config.onnx[0]!r}: only with backend='onnxruntime'")
+        ex = cls(**config.extractor_kwargs(), progress=progress, backend_options=backend_options)
+        for path in config.onnx:
+            ex.backend.add_graph(path)
+        return ex
 
     @property
     def model_name(self) -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import EXPORT_PRECISIONS, FACET_NAMES
 from ..errors import BackendUnavailableError, DinofeatError, InputError
 from ..io import atomic_write_bytes, temp_path
 from ..model.vit import CLS_PREFIX, Request, StridedViT, cls_output_name, output_name
@@ -48,7 +49,7 @@ from . import cache
 OPSET = 17
 EXPORTER_VERSION = "3"  # 2: fp16 graph scales q before q.k^T; 3: fp16 graphs keep RoPE tables float32
 INPUT_NAME = "images"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = EXPORT_PRECISIONS
 VARIANTS = ("plain", "ort")
 MAX_SIDE = 16384  # largest H or W a dynamic graph accepts (torch.export needs a bound)
 MAX_PROTO_BYTES = 1_800_000_000  # above this, weights go to an external-data file (protobuf's 2 GiB limit)
@@ -175,7 +176,7 @@ def _check_args(vit, request: Request, height, width, precision: str) -> None:
     for layer, facet in request.facets:
         if not 0 <= int(layer) < vit.spec.depth:
             raise InputError(f"layer={layer} is out of range for {vit.spec.name} (0..{vit.spec.depth - 1})")
-        if facet not in ("key", "query", "value", "token"):
+        if facet not in FACET_NAMES:
             raise InputError(f"facet={facet!r} is not supported; choose key, query, value or token")
     if len(set(request.output_names())) != len(request.output_names()):
         raise InputError(f"the request names an output twice: {request.output_names()}")

@@ -40,13 +40,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..config import MATCH_PRECISIONS
 from ..errors import BackendUnavailableError, InputError
 from . import _arrays as A
 from . import reference
 from .headers import define
 
 IMPLS = ("auto", "reference", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = MATCH_PRECISIONS  # declared in dinofeat.config
 MAX_HIERARCHY = define("DF_LOG_BIN_MAX_LEVELS")  # log_bin, log_bin_rows (log_bin_common.cuh: 12)
 BINNED_MAX_HIERARCHY = define("DF_BBB_MAX_LEVELS")  # best_buddies_binned (bb_binned_common.cuh: 4)
 

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import POS_INTERPS
+from ..config import ROPE_PERIODS as _ROPE_PERIODS
 from .posembed import grid_size, interpolate_pos_embed
 from .zoo import FACETS, ModelSpec
 
@@ -442,12 +444,12 @@ def recomputed_periods(head_dim: int, base: float) -> torch.Tensor:
 # "checkpoint" = the checkpoint's stored ``rope_embed.periods`` when it has them (what Meta's reference code
 # uses; the released files store them rounded to bfloat16), else recomputed; "recompute" = always recomputed in
 # float32 from the RoPE base (what timm and Hugging Face transformers do).
-ROPE_PERIODS = ("checkpoint", "recompute")
+ROPE_PERIODS = _ROPE_PERIODS  # declared in dinofeat.config
 # How a learned position table is resampled to another grid (Extractor / export / CLI ``pos_interp=``; None keeps
 # the zoo row's convention): "offset" = Meta's DINO / DINOv2 code (scale factor (n + 0.1) / G); "size" = Hugging
 # Face transformers (bicubic to the grid size, no antialias); "antialias" = Meta's DINOv2 _reg hub entries.
 # See `resample_position_table` and docs/checkpoints.md.
-POS_INTERP = ("offset", "size", "antialias")
+POS_INTERP = POS_INTERPS  # declared in dinofeat.config
 
 
 def with_pos_interp(spec: ModelSpec, pos_interp: str | None) -> ModelSpec:

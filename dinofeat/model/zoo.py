@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import FACET_NAMES
 from ..errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,7 +114,7 @@ MODELS: dict[str, ModelSpec] = {
     ]
 }
 
-FACETS = ("key", "query", "value", "token")
+FACETS = FACET_NAMES  # declared once, in dinofeat.config
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -94,6 +94,21 @@ class Matcher:
         self.overlap = on_cuda if overlap == "auto" else bool(overlap)
         self._match_stream = torch.cuda.Stream(device=ex.device) if (self.overlap and on_cuda) else None
 
+    @classmethod
+    def from_configs(cls, extractor_config=None, match_config=None, *, progress: bool = False, **options):
+        """A `Matcher` of the API's settings objects (`dinofeat.config.ExtractorConfig` / `MatchConfig`; defaults:
+        theirs, stride 4); `options`: cache_dir, cache_bytes, overlap, extractor."""
+        from ..config import ExtractorConfig, MatchConfig
+        from ..engine.extractor import Extractor
+
+        ec = extractor_config or ExtractorConfig(stride=DEFAULTS.stride)
+        mc = match_config or MatchConfig()
+        ex = options.pop("extractor", None) or Extractor.from_config(ec, progress=progress)
+        return cls(model=ec.model, stride=ex.stride, weights=ec.weights, backend=ec.backend, device=ec.device,
+                   precision=ec.precision, load_size=ec.load_size, layer=mc.layer, facet=mc.facet, bin=mc.bin,
+                   thresh=mc.thresh, num_pairs=mc.num_pairs, match_precision=mc.match_precision, extractor=ex,
+                   progress=progress, **options)
+
     def __repr__(self) -> str:
         c = self.config
         return (f"Matcher({self.extractor!r}, load_size={c.load_size}, layer={c.layer}, facet={c.facet!r}, "

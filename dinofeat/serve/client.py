@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import BackendUnavailableError, InputError
 from . import wire
-from .repository import PAIR, read_options
+from .repository import PAIR, read_options, settings_of
 
 
 class Client:
@@ -48,6 +48,11 @@ class Client:
                 config = self._client.get_model_config(self.model, as_json=True)["config"]
             self._options = read_options(config.get("parameters", {}))
         return self._options
+
+    def settings(self):
+        """The served (ExtractorConfig, MatchConfig): `find_correspondences(a, b, extractor=Extractor.from_config(
+        ec), layer=mc.layer, ..., load_size=ec.load_size)` gives what `match(a, b)` returns."""
+        return settings_of(self.options)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import EXPORT_PRECISIONS, ExtractorConfig, MatchConfig
 from ..errors import InputError
 from . import wire
 from .pbtxt import Enum, check_config, render
@@ -55,6 +56,34 @@ class RepositoryOptions:
     num_pairs: int = 10              # pairs returned (k-means clusters), as find_correspondences
     thresh: float = 0.05             # saliency threshold of the foreground
     bin: bool = True                 # log-bin the descriptors before Best Buddies
+
+    @classmethod
+    def from_configs(cls, extractor_config: ExtractorConfig | None = None, match_config: MatchConfig | None = None,
+                     **options) -> RepositoryOptions:
+        """The repository of the API's settings: model, stride, weights (a file or None), precision (fp32 | fp16)
+        and a (height, width) load size of the `ExtractorConfig`; layer(s), facet, bin, thresh, num_pairs of the
+        `MatchConfig`. `options`: this class's other fields (backend, max_batch, ...), which win."""
+        ec, mc = extractor_config or ExtractorConfig(stride=cls.stride), match_config or MatchConfig()
+        if ec.weights is not None and not isinstance(ec.weights, (str, Path)):
+            raise InputError("weights: a Triton repository copies a checkpoint file; pass its path (or None)")
+        if ec.precision not in EXPORT_PRECISIONS:
+            raise InputError(f"precision={ec.precision!r}: a repository's graph is {' or '.join(EXPORT_PRECISIONS)}")
+        stride = ec.stride
+        if stride in ("auto", None):
+            from ..model.zoo import get_model_spec
+
+            spec = get_model_spec(ec.model)
+            stride = spec.default_stride if stride == "auto" else spec.patch_size
+        values = {"model": ec.model, "stride": stride, "weights": None if ec.weights is None else str(ec.weights),
+                  "precision": ec.precision, "layers": tuple(mc.layer) if isinstance(mc.layer, (list, tuple))
+                  else (mc.layer,), "facet": mc.facet, "bin": mc.bin, "thresh": mc.thresh, "num_pairs": mc.num_pairs}
+        if isinstance(ec.load_size, (tuple, list)):
+            values["height"], values["width"] = (int(v) for v in ec.load_size)
+        return cls(**{**values, **options})
+
+    def settings(self) -> tuple[ExtractorConfig, MatchConfig]:
+        """The (ExtractorConfig, MatchConfig) this repository serves (load size: its (height, width))."""
+        return settings_of(dataclasses.asdict(self))
 
     def outputs(self) -> list[str]:
         """dinofeat_vit's outputs: one per layer (`key9`, ...) then `saliency`."""
@@ -232,6 +261,17 @@ def _write_graph(vit_dir: Path, vit, request, o: RepositoryOptions, weights_id: 
                  precision=o.precision, max_batch=o.max_batch, shape_profiles=(profile,), progress=progress)
 
 
+def settings_of(options: dict) -> tuple[ExtractorConfig, MatchConfig]:
+    """(ExtractorConfig, MatchConfig) of a repository's options blob (`read_options`, `Client.options`): what
+    `find_correspondences(..., load_size=(H, W))` needs to give the served results."""
+    layers = list(dict.fromkeys(options["layers"]))
+    ec = ExtractorConfig(model=options["model"], stride=int(options["stride"]), weights=options.get("weights"),
+                         precision=options["precision"], load_size=(int(options["height"]), int(options["width"])))
+    mc = MatchConfig(layer=layers[0] if len(layers) == 1 else layers, facet=options["facet"], bin=options["bin"],
+                     thresh=options["thresh"], num_pairs=options["num_pairs"])
+    return ec, mc
+
+
 def read_options(parameters: dict) -> dict:
     """The options blob of a model's config (`parameters` as Triton's JSON config gives them)."""
     try:
@@ -242,4 +282,4 @@ def read_options(parameters: dict) -> dict:
 
 
 __all__ = ["BACKENDS", "MATCH", "PAIR", "VIT", "RepositoryOptions", "check_options", "match_config",
-           "num_patches", "pair_config", "read_options", "vit_config", "write_repository"]
+           "num_patches", "pair_config", "read_options", "settings_of", "vit_config", "write_repository"]

@@ -9,6 +9,7 @@ import torch
 from ..config import ExtractorConfig, MatchConfig
 from ..correspondences import ImageView, match_views, view_of
 from ..engine.device_resize import lanczos_resize_u8
+from ..engine.extractor import Extractor
 from ..engine.preprocess import check_load_size, resized_size
 from ..errors import InputError
 from ..limits import check_tokens
@@ -63,7 +64,7 @@ class FrameStream:
         self.encoding = F.check_encoding(encoding)
         self.dynamic = bool(dynamic)
         self.match_previous = bool(match_previous)
-        self.extractor = extractor or self.extractor_config.build(progress=progress)
+        self.extractor = extractor or Extractor.from_config(self.extractor_config, progress=progress)
         ex, mc = self.extractor, self.match_config
         check_load_size(self.extractor_config.load_size, ex.patch_size)
         from ..model.vit import check_request  # noqa: PLC0415 - model rules checked once, here

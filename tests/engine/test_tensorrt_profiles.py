@@ -123,7 +123,7 @@ def test_backend_refuses_sizes_outside_the_profiles(dyn_backend):
 
 def test_cli_shape_flags(capsys, tmp_path):
     from dinofeat.cli import main
-    from dinofeat.export.cli import shape_profiles
+    from dinofeat.cli.export import shape_profiles
 
     args = argparse.Namespace(size_buckets="224x224, 480x640", min_shape=None, opt_shape=None, max_shape=None,
                               opt_batch=1, max_batch=8)

@@ -334,7 +334,7 @@ def test_cli_export_writes_a_checked_onnx(vits8_weights_file, cache_root, tmp_pa
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     from dinofeat.cli import main
-    from dinofeat.export.cli import parse_size
+    from dinofeat.cli.export import parse_size
 
     assert parse_size("224x336") == (224, 336) and parse_size("224") == (224, 224)
     assert main(["export", "--size", "big", "-o", str(tmp_path / "m.onnx")]) == 2

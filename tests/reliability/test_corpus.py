@@ -140,7 +140,7 @@ def test_full_disk_api_keeps_old_file(tmp_path):
 
 
 def test_full_disk_cli_keeps_old_file(ctx, capsys, monkeypatch):
-    import dinofeat.cli as cli
+    import dinofeat.cli.match as cli
 
     target = ctx.out / "f.npz"
     target.write_bytes(b"old")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from ...config import BACKEND_NAMES
 from ...errors import InputError
 from ...model.vit import StridedViT
 from .base import Backend
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = tuple(b for b in BACKEND_NAMES if b != "auto")  # declared in dinofeat.config
 
 
 def resolve_backend_name(backend: str, device: torch.device) -> str:

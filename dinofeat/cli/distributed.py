@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import MatchConfig
 from ..errors import InputError
+from .common import extractor_config
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,8 +25,8 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def ray_main(args) -> int:
-    from ..pipeline.cli import collect_pairs
-    from .ray_job import match_pairs
+    from ..distributed.ray_job import match_pairs
+    from .batch import collect_pairs
 
     if not args.out or not str(args.out).lower().endswith(".parquet"):
         raise InputError(f"--out {args.out!r}: expected a file ending in .parquet")
@@ -33,11 +35,9 @@ def ray_main(args) -> int:
     pairs = collect_pairs(args)
     summary = match_pairs([(str(p[2]), str(p[3])) for p in pairs], args.out, num_workers=args.ray_workers,
                           gpus_per_worker=args.gpus_per_worker, address=args.ray_address,
-                          labels=[(p[0], p[1]) for p in pairs], progress=not args.quiet, model=args.model,
-                          stride=args.stride, weights=args.weights,
-                          backend=args.backend, precision=args.precision,
-                          load_size=args.load_size, layer=args.layer, facet=args.facet, bin=not args.no_bin,
-                          thresh=args.thresh, num_pairs=args.num_pairs, batch_size=args.batch_size)
+                          labels=[(p[0], p[1]) for p in pairs], progress=not args.quiet,
+                          extractor_config=extractor_config(args), match_config=MatchConfig.from_args(args),
+                          batch_size=args.batch_size)
     ok = summary["pairs"] - summary["failed"]
     print(f"{summary['pairs']} pairs: {ok} succeeded, {summary['failed']} failed; written to {args.out}; "
           f"{summary['images']} images extracted once each on Ray ({summary['seconds']:.1f} s)")

@@ -6,14 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from ..apps.defaults import SPAIR
+from ..config import MatchConfig, add_arguments
 from ..errors import DinofeatError
-from .defaults import SPAIR
-
-
-def _model(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> None:
-    from .cli import _model_args
-
-    _model_args(p, layer, bin_default)
+from .common import _check_images, _extractor, add_descriptor_arguments, add_model_arguments
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +25,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--bbox", dest="normalize", action="store_const", const="bbox", default="image",
                    help="threshold alpha * max(bbox h, w) instead of alpha * max(image h, w)")
     s.add_argument("--json", default=None, metavar="OUT.json", help="also write the result as JSON")
-    _model(s, SPAIR.layer, SPAIR.bin)
+    add_descriptor_arguments(s, SPAIR.layer, SPAIR.bin)
 
     k = sub.add_parser("keypoints", help="keypoint-transfer accuracy (PCK@alpha) of a WILLOW / SPair / json data "
                        "set (docs/accuracy.md)")
@@ -57,25 +53,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def _match(p: argparse.ArgumentParser, thresh: bool) -> None:
     """`dinofeat match`'s descriptor flags (and its foreground threshold where Best Buddies are filtered)."""
-    from ..cli import add_model_arguments
-
-    p.add_argument("--layer", type=int, default=9, help="transformer block whose facet is the descriptor")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
-    p.add_argument("--no-bin", action="store_true", help="unbinned descriptors")
-    if thresh:
-        p.add_argument("--thresh", type=float, default=0.05, help="saliency threshold for the foreground")
+    add_arguments(p, MatchConfig, only=("layer", "facet", "bin", "thresh")[:4 if thresh else 3],
+                  help={"bin": "unbinned descriptors", "thresh": "saliency threshold for the foreground"})
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(p)
 
 
 def eval_main(args) -> int:
     return {"spair": _spair, "keypoints": _keypoints, "homography": _homography}[args.dataset](args)
-
-
-def _extractor(args):
-    from ..cli import _extractor as make
-
-    return make(args)
 
 
 def _out_dir(args) -> Path | None:
@@ -103,7 +88,7 @@ def _write_png(path: Path, image) -> Path:
 
 
 def _spair(args) -> int:
-    from .spair import evaluate_spair, spair_pairs
+    from ..apps.spair import evaluate_spair, spair_pairs
 
     spair_pairs(args.root, args.categories, args.pairs_per_category, args.seed, args.split)  # before the model
     res = evaluate_spair(args.root, categories=args.categories, load_size=args.load_size, layer=args.layer,
@@ -131,9 +116,9 @@ def pck_table(per_class: dict, pairs: dict, kps: dict, mean: float, alpha: float
 
 
 def _keypoints(args) -> int:
+    from ..apps.keypoints import check_alpha, evaluate_keypoints, resolve_pck_ref
+    from ..apps.kp_data import load_keypoint_pairs
     from ..viz import draw_keypoint_samples
-    from .keypoints import check_alpha, evaluate_keypoints, resolve_pck_ref
-    from .kp_data import load_keypoint_pairs
 
     out = _out_dir(args)
     check_alpha(args.alpha)
@@ -160,9 +145,9 @@ def _keypoints(args) -> int:
 
 
 def _homography(args) -> int:
+    from ..apps.homography import evaluate_homography, folder_pairs, pooled_metrics, read_homography
     from ..pipeline.matcher import Matcher
     from ..viz import draw_homography
-    from .homography import evaluate_homography, folder_pairs, pooled_metrics, read_homography
 
     out = _out_dir(args)
     if len(args.inputs) == 1:
@@ -171,8 +156,6 @@ def _homography(args) -> int:
         pairs = [("pair", Path(args.inputs[0]), Path(args.inputs[1]), Path(args.inputs[2]))]
     else:
         raise DinofeatError(f"expected IMG1 IMG2 H or FOLDER, got {len(args.inputs)} arguments")
-    from ..cli import _check_images
-
     for _, im1, im2, hpath in pairs:
         _check_images((("IMG1", str(im1)), ("IMG2", str(im2))))
         read_homography(hpath)

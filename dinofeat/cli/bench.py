@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .checkout import ROOT
+from ..bench.checkout import ROOT
+from ..config import ExtractorConfig, MatchConfig, add_arguments
+from .common import add_match_arguments, add_model_arguments, resolve_stride
 
 DEFAULT_SIZES = (224, 320, 480)
 
@@ -55,18 +57,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run the whole per-row loop (about 28 minutes at 224 on 2 cores)")
 
     g = parser.add_argument_group("model and inputs")
-    g.add_argument("--model", default="dino_vits8", help="zoo name")
-    g.add_argument("--stride", type=int, default=4, help="patch-embedding stride")
-    g.add_argument("--weights", default=None,
-                   help="checkpoint file; default: deterministic weights (no download; timing does not depend on "
-                        "the values)")
+    add_arguments(g, ExtractorConfig, only=("model", "stride", "weights"), defaults={"stride": 4},
+                  metavars={"weights": None}, help={
+                      "model": "zoo name", "stride": "patch-embedding stride",
+                      "weights": "checkpoint file; default: deterministic weights (no download; timing does not "
+                                 "depend on the values)"})
     g.add_argument("--image1", default=None, help="first image (default: examples/img_a.png)")
     g.add_argument("--image2", default=None, help="second image (default: examples/img_b.png)")
-    g.add_argument("--layer", type=int, default=9, help="block of the descriptor facet")
-    g.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
-    g.add_argument("--num-pairs", type=int, default=10, help="correspondences per pair")
-    g.add_argument("--thresh", type=float, default=0.05, help="saliency threshold of the foreground")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_arguments(g, MatchConfig, only=("layer", "facet", "num_pairs", "thresh"), help={
+        "layer": "block of the descriptor facet", "num_pairs": "correspondences per pair",
+        "thresh": "saliency threshold of the foreground"})
+    add_arguments(g, ExtractorConfig, only=("device",))
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
 
     g = parser.add_argument_group("protocol")
@@ -87,8 +88,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_main(args) -> int:
-    """Bare `dinofeat bench`: the stage / throughput run (:mod:`.runner`)."""
-    from .runner import main_from_args
+    """Bare `dinofeat bench`: the stage / throughput run (:mod:`dinofeat.bench.runner`)."""
+    from ..bench.runner import main_from_args
 
     return main_from_args(args)
 
@@ -118,19 +119,19 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="WILLOW-ObjectClass root (default: ../shared/data/willow beside "
                    "the source checkout)")
     p.add_argument("--pairs-per-class", type=int, default=4, help="WILLOW pairs per class (Car, Duck, Winebottle)")
-    p.add_argument("--load-size", type=int, default=224, help="load size (shorter side) of the precision run")
-    p.add_argument("--model", default="dino_vits8", help="zoo name")
-    p.add_argument("--stride", type=int, default=4, help="patch-embedding stride")
-    p.add_argument("--weights", default=None, help="checkpoint file; default: deterministic weights (the PCK rows "
-                   "then mean nothing; pass real weights for them)")
-    p.add_argument("--layer", type=int, default=9, help="layer whose keys are the descriptors")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_arguments(p, ExtractorConfig, only=("load_size", "model", "stride", "weights"), defaults={"stride": 4},
+                  metavars={"weights": None}, help={
+                      "load_size": "load size (shorter side) of the precision run", "model": "zoo name",
+                      "stride": "patch-embedding stride",
+                      "weights": "checkpoint file; default: deterministic weights (the PCK rows then mean nothing; "
+                                 "pass real weights for them)"})
+    add_arguments(p, MatchConfig, only=("layer",), help={"layer": "layer whose keys are the descriptors"})
+    add_arguments(p, ExtractorConfig, only=("device",))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
 def add_latency_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import add_match_arguments, add_model_arguments  # noqa: PLC0415 - the flags of `dinofeat match`, once
-    from . import latency as L  # noqa: PLC0415
+    from ..bench import latency as L  # noqa: PLC0415
 
     p.description = ("Drive the streaming API (dinofeat.stream.FrameStream) over a real image sequence: frame 0 is "
                      "the keyframe, every later frame is matched to it. Writes DIR/latency.json (p50/p95/p99/max "
@@ -162,9 +163,7 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def latency_main(args) -> int:
-    from ..cli import resolve_stride
-    from ..config import ExtractorConfig, MatchConfig
-    from . import latency as L
+    from ..bench import latency as L
 
     L.check_run_args(args.rate, args.frames, args.max_seconds, args.input, args.compare)  # before the model
     resolve_stride(args)
@@ -199,9 +198,9 @@ def latency_main(args) -> int:
 
 
 def precision_main(args) -> int:
-    """`dinofeat bench precision --out DIR`: see :mod:`.precision`."""
+    """`dinofeat bench precision --out DIR`: see :mod:`dinofeat.bench.precision`."""
+    from ..bench.precision import run_precision_bench
     from ..errors import InputError
-    from .precision import run_precision_bench
 
     data = Path(args.data) if args.data else ROOT.parent / "shared" / "data" / "willow"
     if not data.is_dir():

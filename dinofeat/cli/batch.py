@@ -16,7 +16,9 @@ import argparse
 import csv
 from pathlib import Path
 
+from ..config import MatchConfig
 from ..errors import InputError
+from .common import extractor_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -101,8 +103,8 @@ def collect_pairs(args) -> list[tuple[str, str, Path, Path]]:
 def batch_main(args) -> int:
     from tqdm import tqdm
 
-    from .matcher import Matcher, check_count
-    from .results import ResultWriter, result_row, successful_rows
+    from ..pipeline.matcher import Matcher, check_count
+    from ..pipeline.results import ResultWriter, result_row, successful_rows
 
     check_count(args.batch_size, "--batch-size: batch_size")
     check_count(args.workers, "--workers: workers", minimum=0)
@@ -116,10 +118,8 @@ def batch_main(args) -> int:
         done = {(r["image1"], r["image2"]) for r in kept}
         kept = list({(r["image1"], r["image2"]): r for r in kept}.values())
         pairs = [p for p in pairs if (p[0], p[1]) not in done]
-    matcher = Matcher(model=args.model, stride=args.stride, weights=args.weights, backend=args.backend,
-                      device=args.device, precision=args.precision, load_size=args.load_size, layer=args.layer,
-                      facet=args.facet, bin=not args.no_bin, thresh=args.thresh, num_pairs=args.num_pairs,
-                      cache_dir=args.cache_dir, progress=not args.quiet)
+    matcher = Matcher.from_configs(extractor_config(args), MatchConfig.from_args(args), cache_dir=args.cache_dir,
+                                   progress=not args.quiet)
     failed = 0
     with ResultWriter(args.out) as writer:
         for row in kept:

@@ -1,25 +1,13 @@
-"""`dinofeat pca | coseg | parts`: the applications on the command line (rows of OPTIONAL_COMMANDS)."""
+"""`dinofeat pca | coseg | parts`: the applications on the command line (rows of `OPTIONAL_COMMANDS`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..apps.defaults import COSEG, PARTS, PCA
 from ..errors import DinofeatError
-from .defaults import COSEG, PARTS, PCA
-
-
-def _model_args(p: argparse.ArgumentParser, layer: int, bin_default: bool) -> None:
-    from ..cli import add_model_arguments
-
-    p.add_argument("--layer", type=int, default=layer, help=f"block of the descriptor facet (default {layer})")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
-    if bin_default:
-        p.add_argument("--no-bin", dest="bin", action="store_false", help="unbinned descriptors")
-    else:
-        p.add_argument("--bin", action="store_true", help="log-binned descriptors (17 bins)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_model_arguments(p)
+from .common import _check_suffix, _extractor, add_descriptor_arguments
 
 
 def _io_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +34,7 @@ def add_pca_arguments(p: argparse.ArgumentParser) -> None:
     _io_args(p)
     p.add_argument("--n-components", type=int, default=PCA.n_components, help="principal components to draw")
     p.add_argument("--per-image", dest="all_together", action="store_false", help="fit one PCA per image")
-    _model_args(p, PCA.layer, PCA.bin)
+    add_descriptor_arguments(p, PCA.layer, PCA.bin)
 
 
 def add_coseg_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +43,7 @@ def add_coseg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remove-outliers", action="store_true", help="drop images unlike the others before voting")
     p.add_argument("--outliers-thresh", type=float, default=COSEG.outliers_thresh,
                    help="with --remove-outliers: similarity below which an image is an outlier")
-    _model_args(p, COSEG.layer, COSEG.bin)
+    add_descriptor_arguments(p, COSEG.layer, COSEG.bin)
 
 
 def add_parts_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,18 +57,10 @@ def add_parts_arguments(p: argparse.ArgumentParser) -> None:
                    help="elbow of the second (part) clustering")
     p.add_argument("--crf", default="auto", choices=["auto", "pydensecrf", "torch"],
                    help="dense CRF: pydensecrf (the original's), a torch mean-field, or auto")
-    _model_args(p, COSEG.layer, COSEG.bin)
-
-
-def _extractor(args):
-    from ..cli import _extractor as make
-
-    return make(args)
+    add_descriptor_arguments(p, COSEG.layer, COSEG.bin)
 
 
 def _check_save(args) -> None:
-    from ..cli import _check_suffix
-
     if args.save:
         _check_suffix(args.save, (".npz",), "--save")
     out = Path(args.output)
@@ -124,7 +104,7 @@ def _write(args, results, sources, draw) -> None:
 
 
 def _sources(images) -> list[str]:
-    from .common import image_list
+    from ..apps.common import image_list
 
     out = [str(s) for s in image_list(images, name="IMG_OR_DIR")]
     for path in out:
@@ -134,8 +114,8 @@ def _sources(images) -> list[str]:
 
 
 def pca_main(args) -> int:
+    from ..apps.pca import pca
     from ..viz import pca_images
-    from .pca import pca
 
     _check_save(args)
     sources = _sources(args.images)
@@ -146,18 +126,24 @@ def pca_main(args) -> int:
     return 0
 
 
+def _clustering_kwargs(args) -> dict:
+    """The keyword arguments `cosegment` and `part_cosegment` share (the flags of `_coseg_args`, the descriptor
+    and model flags); loads the model."""
+    return {"elbow": args.elbow, "load_size": args.load_size, "layer": args.layer, "facet": args.facet,
+            "bin": args.bin, "thresh": args.thresh, "votes_percentage": args.votes_percentage,
+            "sample_interval": args.sample_interval, "low_res_saliency_maps": args.low_res_saliency_maps,
+            "extractor": _extractor(args), "kmeans": args.kmeans, "batch_size": args.batch_size,
+            "progress": not args.quiet}
+
+
 def coseg_main(args) -> int:
+    from ..apps.coseg import cosegment
     from ..viz import draw_cosegmentation, draw_mask
-    from .coseg import cosegment
 
     _check_save(args)
     sources = _sources(args.images)
-    res = cosegment(sources, elbow=args.elbow, load_size=args.load_size, layer=args.layer, facet=args.facet,
-                    bin=args.bin, thresh=args.thresh, votes_percentage=args.votes_percentage,
-                    sample_interval=args.sample_interval, remove_outliers=args.remove_outliers,
-                    outliers_thresh=args.outliers_thresh, low_res_saliency_maps=args.low_res_saliency_maps,
-                    extractor=_extractor(args), kmeans=args.kmeans, batch_size=args.batch_size,
-                    progress=not args.quiet)
+    res = cosegment(sources, remove_outliers=args.remove_outliers, outliers_thresh=args.outliers_thresh,
+                    **_clustering_kwargs(args))
     _write(args, res, sources, lambda r: {"coseg": draw_cosegmentation(r), "mask": draw_mask(r)})
     for name, r in zip(_names(sources), res, strict=True):
         print(f"{name}: {coverage_line(r.mask)}")
@@ -180,17 +166,13 @@ def coverage_line(mask, low: float = 0.02, high: float = 0.98) -> str:
 
 
 def parts_main(args) -> int:
+    from ..apps.parts import part_cosegment
     from ..viz import draw_parts
-    from .parts import part_cosegment
 
     _check_save(args)
     sources = _sources(args.images)
-    res = part_cosegment(sources, elbow=args.elbow, load_size=args.load_size, layer=args.layer, facet=args.facet,
-                         bin=args.bin, thresh=args.thresh, votes_percentage=args.votes_percentage,
-                         sample_interval=args.sample_interval, low_res_saliency_maps=args.low_res_saliency_maps,
-                         num_parts=args.num_parts, num_crop_augmentations=args.num_crop_augmentations,
-                         three_stages=args.three_stages, elbow_second_stage=args.elbow_second_stage,
-                         extractor=_extractor(args), kmeans=args.kmeans, crf=args.crf,
-                         batch_size=args.batch_size, progress=not args.quiet)
+    res = part_cosegment(sources, num_parts=args.num_parts, num_crop_augmentations=args.num_crop_augmentations,
+                         three_stages=args.three_stages, elbow_second_stage=args.elbow_second_stage, crf=args.crf,
+                         **_clustering_kwargs(args))
     _write(args, res, sources, lambda r: {"parts": draw_parts(r)})
     return 0

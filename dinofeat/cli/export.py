@@ -14,41 +14,34 @@ manifest to ``E.json``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
+from ..config import ExtractorConfig, MatchConfig, add_arguments
 from ..errors import InputError, OutputError
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX×,]\s*(\d+))?\s*$")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"224x336" -> (224, 336) as (H, W); "224" -> (224, 224)."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise InputError(f"--size {text!r}: expected HxW in pixels, e.g. 224x224 or 224x336 (or one number)")
-    h = int(m.group(1))
-    return h, int(m.group(2)) if m.group(2) else h
+from .common import EXPORT_CHOICES, parse_size
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Export the preprocessing-free strided ViT for one input size to ONNX (opset 17, dynamic "
                      "batch, named outputs), optionally ORT-optimised, optionally as a TensorRT engine.")
-    p.add_argument("--model", default="dino_vits8", help="zoo name (default dino_vits8)")
-    p.add_argument("--stride", type=int, default=4, help="patch-embedding stride, must divide the patch size")
+    model = ExtractorConfig  # the model settings: declared once, with export's defaults and words
+    add_arguments(p, model, only=("model", "stride"), defaults={"stride": 4},
+                  help={"model": "zoo name (default dino_vits8)",
+                        "stride": "patch-embedding stride, must divide the patch size"})
     p.add_argument("--size", default="224x224", help="input H x W in pixels of the preprocessed image "
                    "(e.g. 224x224, 224x336); fixed per graph, default 224x224; with --dynamic only the size "
                    "traced and TensorRT's opt shape")
     p.add_argument("--dynamic", action="store_true", help="one graph for every input H, W >= the patch size "
                    "(position table / RoPE computed in the graph from the input size)")
-    p.add_argument("--layer", type=int, nargs="+", default=[9], help="block(s) whose facet to output (default 9)")
-    p.add_argument("--facet", default="key", choices=["key", "query", "value", "token"], help="descriptor facet")
+    add_arguments(p, MatchConfig, only=("layer", "facet"), nargs={"layer": "+"},
+                  help={"layer": "block(s) whose facet to output (default 9)"})
     p.add_argument("--saliency", action="store_true", help="also output the saliency row (last block CLS attention)")
-    p.add_argument("--weights", default=None, help="checkpoint file (.pth / .safetensors); default: the cached "
-                   "official file, downloaded if missing")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                   help="fp16: fp16 weights/matmuls with fp32 LayerNorm/Softmax (for TensorRT 11 / ORT CUDA)")
+    add_arguments(p, model, only=("weights", "precision"), choices=EXPORT_CHOICES, metavars={"weights": None},
+                  help={"weights": "checkpoint file (.pth / .safetensors); default: the cached official file, "
+                                   "downloaded if missing",
+                        "precision": "fp16: fp16 weights/matmuls with fp32 LayerNorm/Softmax (for TensorRT 11 / "
+                                     "ORT CUDA)"})
     p.add_argument("--variant", default="plain", choices=["plain", "ort"],
                    help="plain: portable, plain ONNX ops only (TensorRT); ort: ONNX Runtime transformer-fused "
                    "(contrib ops, CPU/CUDA providers), verified against plain")
@@ -71,12 +64,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         help="TensorRT: strongly typed network (default on 11.x)")
     typing.add_argument("--weakly-typed", dest="strongly_typed", action="store_false",
                         help="TensorRT 10.x: builder precision flags (default on 10.x)")
-    p.add_argument("--rope-periods", default="checkpoint", choices=["checkpoint", "recompute"],
-                   help="RoPE models (DINOv3): bake the checkpoint's stored periods (default, as Meta's code) or "
-                        "recompute them in float32 (as timm / transformers)")
-    p.add_argument("--pos-interp", default=None, choices=["offset", "size", "antialias"],
-                   help="learned position tables: resample as Meta's DINOv2 (offset), Hugging Face transformers "
-                        "(size) or Meta's DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)")
+    add_arguments(p, model, only=("rope_periods", "pos_interp"), help={
+        "pos_interp": "learned position tables: resample as Meta's DINOv2 (offset), Hugging Face transformers "
+                      "(size) or Meta's DINOv2 _reg (antialias) code; default: the zoo model's (docs/checkpoints.md)"})
     p.add_argument("--cache-dir", default=None, help="cache root (default: $DINOFEAT_CACHE or ~/.cache/dinofeat)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -84,12 +74,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(args) -> int:
     import torch
 
+    from ..export import cache
+    from ..export.onnx import copy_onnx, get_onnx, output_shapes, tensorrt_op_table, tensorrt_unsupported_ops
     from ..model.vit import Request, build_vit, check_request
     from ..model.weights import load_weights
     from ..model.zoo import get_model_spec
     from ..viz import check_output_path
-    from . import cache
-    from .onnx import copy_onnx, get_onnx, output_shapes, tensorrt_op_table, tensorrt_unsupported_ops
 
     quiet = bool(getattr(args, "quiet", False))
     ranged = any(getattr(args, k, None) for k in ("min_shape", "opt_shape", "max_shape", "size_buckets"))
@@ -149,7 +139,7 @@ def export_main(args) -> int:
         print(f"  TensorRT {floor}+ ONNX op support: " + ("all ops supported" if not bad else f"UNSUPPORTED {bad}"))
     if args.tensorrt_engine:
         profiles = shape_profiles(args, p, height, width) if dynamic else None
-        from .engine_file import write_engine
+        from ..export.engine_file import write_engine
 
         dest, what = write_engine(vit, request, height, width, args.tensorrt_engine, weights_id=loaded.sha256,
                                   precision=args.precision, strongly_typed=args.strongly_typed,
@@ -162,7 +152,7 @@ def export_main(args) -> int:
 def shape_profiles(args, patch_size: int, height: int, width: int):
     """The engine's `ShapeProfile`s from --size-buckets, or one wide profile from --min/--opt/--max-shape
     (defaults: 1 x patch x patch, opt-batch x --size, max-batch x max(--size, 1024) per side)."""
-    from .tensorrt import ShapeProfile, bucket_profiles, parse_shape
+    from ..export.tensorrt import ShapeProfile, bucket_profiles, parse_shape
 
     if args.size_buckets:
         sizes = [parse_size(t) for t in str(args.size_buckets).split(",") if t.strip()]

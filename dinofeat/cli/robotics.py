@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import MatchConfig
 from ..errors import InputError
+from .common import add_match_arguments, add_model_arguments, extractor_config, precheck
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import add_match_arguments, add_model_arguments
-
     p.add_argument("bag", metavar="BAG", help="rosbag2 folder (metadata.yaml + mcap / sqlite3), .mcap, .db3 or "
                    "ROS 1 .bag")
     p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
@@ -34,11 +34,9 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def replay_main(args) -> int:
-    from ..cli import precheck
-    from ..config import ExtractorConfig, MatchConfig
+    from ..robotics.bag import check_bag_path
+    from ..robotics.replay import parse_reference, replay
     from ..viz import check_output_path
-    from .bag import check_bag_path
-    from .replay import parse_reference, replay
 
     if not str(args.out).lower().endswith((".parquet", ".mcap")):
         raise InputError(f"--out {args.out!r}: expected a file ending in .parquet or .mcap")
@@ -46,8 +44,8 @@ def replay_main(args) -> int:
     check_bag_path(args.bag)
     parse_reference(args.reference)
     precheck(args, args.layer)
-    ec = ExtractorConfig.from_object(args)
-    mc = MatchConfig.from_object(args, bin=not args.no_bin)
+    ec = extractor_config(args)
+    mc = MatchConfig.from_args(args)
 
     def report(index, stamp, message):
         print(f"frame {index} (stamp {stamp}): {message}", file=sys.stderr)
@@ -67,12 +65,12 @@ def add_ros2_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def ros2_main(args) -> int:
-    from .params import PARAMETERS
+    from ..robotics.params import PARAMETERS
 
     if args.action == "params":
         for p in PARAMETERS:
             print(f"{p.name:<18} {p.type.__name__:<6} default {p.default!r:<22} {p.help}")
         return 0
-    from .node import run_node
+    from ..robotics.node import run_node
 
     return run_node(args.ros_args)

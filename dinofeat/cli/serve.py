@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import ExtractorConfig, MatchConfig, add_arguments
 from ..errors import BackendUnavailableError
+from .common import EXPORT_CHOICES, parse_size
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    from .repository import BACKENDS, INSTANCE_KINDS, RepositoryOptions
+    from ..serve.repository import BACKENDS, INSTANCE_KINDS, RepositoryOptions
 
     d = RepositoryOptions()
     p.description = "Serve correspondences with Triton Inference Server."
@@ -30,19 +32,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-batch", type=int, default=d.max_batch, help=f"dinofeat_vit max batch (default {d.max_batch})")
     r.add_argument("--size", default=f"{d.height}x{d.width}", help="input H x W; clients resize to it (default "
                    f"{d.height}x{d.width})")
-    r.add_argument("--model", default=d.model, help=f"zoo name (default {d.model})")
-    r.add_argument("--stride", type=int, default=d.stride, help="patch-embedding stride")
-    r.add_argument("--weights", default=None, help="checkpoint file; default: the cached official file")
-    r.add_argument("--layer", type=int, nargs="+", default=list(d.layers), help="block(s) of the descriptor facet")
-    r.add_argument("--facet", default=d.facet, choices=["key", "query", "value", "token"], help="descriptor facet")
-    r.add_argument("--precision", default=d.precision, choices=["fp32", "fp16"], help="exported graph precision")
+    add_arguments(r, ExtractorConfig, only=("model", "stride", "weights"), defaults={"stride": d.stride},
+                  metavars={"weights": None}, help={"model": f"zoo name (default {d.model})",
+                                                    "stride": "patch-embedding stride",
+                                                    "weights": "checkpoint file; default: the cached official file"})
+    add_arguments(r, MatchConfig, only=("layer", "facet"), defaults={"layer": list(d.layers)}, nargs={"layer": "+"},
+                  help={"layer": "block(s) of the descriptor facet"})
+    add_arguments(r, ExtractorConfig, only=("precision",), choices=EXPORT_CHOICES,
+                  help={"precision": "exported graph precision"})
     r.add_argument("--queue-delay-us", type=int, default=d.queue_delay_us, help="dynamic batching queue delay")
     r.add_argument("--instance-kind", default=d.instance_kind, choices=list(INSTANCE_KINDS),
                    help="where Triton runs each model instance")
     r.add_argument("--instances", type=int, default=d.instances, help="model instances per device")
-    r.add_argument("--num-pairs", type=int, default=d.num_pairs, help="correspondences per served pair")
-    r.add_argument("--thresh", type=float, default=d.thresh, help="saliency threshold of the foreground")
-    r.add_argument("--no-bin", action="store_true", help="match unbinned descriptors")
+    add_arguments(r, MatchConfig, only=("num_pairs", "thresh", "bin"),
+                  help={"num_pairs": "correspondences per served pair", "thresh": "saliency threshold of the "
+                        "foreground"})
     r.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s = sub.add_parser("run", help="serve a repository with a local tritonserver (or print the container command)")
@@ -60,16 +64,14 @@ def serve_main(args) -> int:
 
 
 def _triton_repo(args) -> int:
-    from ..export.cli import parse_size
-    from .repository import RepositoryOptions, write_repository
-    from .server import container_command
+    from ..serve.repository import RepositoryOptions, write_repository
+    from ..serve.server import container_command
 
     height, width = parse_size(args.size)
-    o = RepositoryOptions(model=args.model, stride=args.stride, weights=args.weights, layers=tuple(args.layer),
-                          facet=args.facet, height=height, width=width, backend=args.backend,
-                          precision=args.precision, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
-                          instance_kind=args.instance_kind, instances=args.instances, num_pairs=args.num_pairs,
-                          thresh=args.thresh, bin=not args.no_bin)
+    model = ExtractorConfig.from_args(args, backend="auto", load_size=(height, width))  # --backend: Triton's
+    o = RepositoryOptions.from_configs(model, MatchConfig.from_args(args), backend=args.backend,
+                                       max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+                                       instance_kind=args.instance_kind, instances=args.instances)
     out = write_repository(args.out, o, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote Triton model repository {out}: dinofeat_vit ({o.backend}, max batch {o.max_batch}, "
           f"{height}x{width}), dinofeat_match (python), dinofeat_pair (ensemble)")
@@ -79,7 +81,7 @@ def _triton_repo(args) -> int:
 
 
 def _run(args) -> int:
-    from .server import TritonServer, container_command
+    from ..serve.server import TritonServer, container_command
 
     try:
         server = TritonServer(args.repo, server=args.server, http_port=args.http_port, grpc_port=args.grpc_port,
