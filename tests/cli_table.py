@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-SKIP = ("bench", "doctor")  # owned by dinofeat/bench and dinofeat/doctor, compared by their own tests
 
 
 def _subparsers(parser):
@@ -36,7 +35,5 @@ def flag_table(parser, path: str = "dinofeat") -> dict:
             rows.append(_row(parser, group.title or "", action))
     out[path] = rows
     for name, sub in _subparsers(parser).items():
-        if path == "dinofeat" and name in SKIP:
-            continue
         out.update(flag_table(sub, f"{path} {name}"))
     return out

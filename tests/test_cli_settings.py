@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -123,20 +120,6 @@ def test_extractor_from_config(vits8_weights_file):
         Extractor.from_config(dataclasses.replace(ec, onnx=("g.onnx",)))
     with pytest.raises(InputError, match="expected dinofeat.config.ExtractorConfig"):
         Extractor.from_config({"model": "dino_vits8"})
-
-
-@pytest.mark.parametrize(("old", "new"), [
-    ("dinofeat.apps.cli", "dinofeat.cli.apps"), ("dinofeat.apps.eval_cli", "dinofeat.cli.evaluation"),
-    ("dinofeat.robotics.cli", "dinofeat.cli.robotics"), ("dinofeat.pipeline.cli", "dinofeat.cli.batch"),
-    ("dinofeat.export.cli", "dinofeat.cli.export"), ("dinofeat.serve.cli", "dinofeat.cli.serve"),
-    ("dinofeat.distributed.cli", "dinofeat.cli.distributed")])
-def test_old_command_line_paths_warn_and_alias_the_new_modules(old, new):
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mod = importlib.import_module(old)
-    assert mod is importlib.import_module(new)
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
 
 
 def test_ray_job_takes_the_settings_objects_and_the_flat_keywords():

@@ -57,11 +57,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run the whole per-row loop (about 28 minutes at 224 on 2 cores)")
 
     g = parser.add_argument_group("model and inputs")
-    add_arguments(g, ExtractorConfig, only=("model", "stride", "weights"), defaults={"stride": 4},
-                  metavars={"weights": None}, help={
-                      "model": "zoo name", "stride": "patch-embedding stride",
-                      "weights": "checkpoint file; default: deterministic weights (no download; timing does not "
-                                 "depend on the values)"})
+    _model_flags(g, "checkpoint file; default: deterministic weights (no download; timing does not depend on the "
+                    "values)")
     g.add_argument("--image1", default=None, help="first image (default: examples/img_a.png)")
     g.add_argument("--image2", default=None, help="second image (default: examples/img_b.png)")
     add_arguments(g, MatchConfig, only=("layer", "facet", "num_pairs", "thresh"), help={
@@ -85,6 +82,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tag", default="bench", help="file stem of the outputs: TAG.json, TAG.md, TAG_*.png")
     g.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def _model_flags(group, weights_help: str) -> None:
+    """--model, --stride (default 4: the method's stride of dino_vits8), --weights (deterministic by default)."""
+    add_arguments(group, ExtractorConfig, only=("model", "stride", "weights"), defaults={"stride": 4},
+                  metavars={"weights": None}, help={"model": "zoo name", "stride": "patch-embedding stride",
+                                                     "weights": weights_help})
 
 
 def bench_main(args) -> int:
@@ -119,12 +123,10 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="WILLOW-ObjectClass root (default: ../shared/data/willow beside "
                    "the source checkout)")
     p.add_argument("--pairs-per-class", type=int, default=4, help="WILLOW pairs per class (Car, Duck, Winebottle)")
-    add_arguments(p, ExtractorConfig, only=("load_size", "model", "stride", "weights"), defaults={"stride": 4},
-                  metavars={"weights": None}, help={
-                      "load_size": "load size (shorter side) of the precision run", "model": "zoo name",
-                      "stride": "patch-embedding stride",
-                      "weights": "checkpoint file; default: deterministic weights (the PCK rows then mean nothing; "
-                                 "pass real weights for them)"})
+    add_arguments(p, ExtractorConfig, only=("load_size",),
+                  help={"load_size": "load size (shorter side) of the precision run"})
+    _model_flags(p, "checkpoint file; default: deterministic weights (the PCK rows then mean nothing; pass real "
+                    "weights for them)")
     add_arguments(p, MatchConfig, only=("layer",), help={"layer": "layer whose keys are the descriptors"})
     add_arguments(p, ExtractorConfig, only=("device",))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")

@@ -1,8 +1,8 @@
 """Pipeline layer: many pairs through one model.
 
 Owns: `Matcher` (matcher.py), `FeatureStore` (store.py), `PairResult` / `RESULT_SCHEMA` / `ResultWriter` /
-`result_row` (results.py: the Parquet schema), `prefetch_map` (prefetch.py) and the batch `dinofeat match` forms
-(cli.py).
+`result_row` (results.py: the Parquet schema), `prefetch_map` (prefetch.py) its front-end, the batch `dinofeat
+match` forms, is `dinofeat.cli.batch`.
 May import: correspondences, engine, export | testing, model, kernels and the base layer (errors, io, limits,
 progress, version, config, viz); today correspondences, engine, model, errors, io and viz. Nothing below imports
 this package. No side effects at import (pyarrow is imported when a results file is written or read).

@@ -1,4 +1,9 @@
-"""Backend registry. Heavy imports (onnxruntime, tensorrt) happen only inside the backend that needs them."""
+"""The backends of the engine layer (torch, ONNX Runtime, TensorRT) and their registry.
+
+Owns: the `Backend` protocol (base.py: `run(batch, request) -> {name: tensor}`) and one module per backend; heavy
+imports (onnxruntime, tensorrt) happen only inside the backend that needs them.
+May import: export, model, kernels and the base layer (as the engine).
+"""
 
 from __future__ import annotations
 
