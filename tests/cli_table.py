@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def _subparsers(parser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -120,6 +120,12 @@ def test_extractor_from_config(vits8_weights_file):
         Extractor.from_config(dataclasses.replace(ec, onnx=("g.onnx",)))
     with pytest.raises(InputError, match="expected dinofeat.config.ExtractorConfig"):
         Extractor.from_config({"model": "dino_vits8"})
+    # The API validates through the same object: `Extractor(...)` keeps its settings, stride resolved.
+    assert ex.config == dataclasses.replace(ec, load_size=224)
+    auto = Extractor(weights=str(vits8_weights_file), backend="torch", device="cpu")
+    assert auto.config.stride == 4 and auto.config.precision == "fp32"
+    with pytest.raises(InputError, match="precision='fp64' is unknown; choose one of fp32, tf32, bf16, fp16"):
+        Extractor(weights=str(vits8_weights_file), backend="torch", device="cpu", precision="fp64")
 
 
 def test_ray_job_takes_the_settings_objects_and_the_flat_keywords():

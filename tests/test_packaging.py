@@ -4,7 +4,6 @@ checkout-only rows (baseline, alternatives, kernel micro-benchmarks) as skipped 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -12,7 +11,6 @@ import site
 import subprocess
 import sys
 
-import pytest
 import tomllib
 from testutil import EXAMPLES, ROOT
 
@@ -119,12 +117,3 @@ def test_a_checkout_outside_sys_path_is_found_beside_the_package(tmp_path):
     _, path, package_dir, names = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")).split(" ", 3)
     assert path == str(ROOT / "benchmarks" / "alternatives.py") and package_dir == str(ROOT / "benchmarks")
     assert "faiss_flat_ip" in names
-
-
-def test_old_paths_of_the_moved_modules_warn_and_alias():
-    for old, new in (("dinofeat.stream.latency", "dinofeat.bench.latency"),
-                     ("dinofeat.apps.precision", "dinofeat.bench.precision")):
-        sys.modules.pop(old, None)
-        with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
-            moved = importlib.import_module(old)
-        assert moved is importlib.import_module(new)

@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from ..config import MODEL_PRECISIONS
+from ..config import MODEL_PRECISIONS, ExtractorConfig
 from ..errors import InputError
 from ..limits import check_tokens
 from ..model.vit import Request, build_vit, check_request, cls_output_name, output_name, with_pos_interp
@@ -91,8 +91,10 @@ class Extractor:
         elif stride == "auto":  # the model's default: half its patch (4 for dino_vits8, 7 for dinov2_vits14)
             stride = self.spec.default_stride
         check_stride(stride, p, model)
-        if precision not in PRECISIONS:
-            raise InputError(f"precision={precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+        # The field-alone checks, once (dinofeat.config); the model's own rules (stride, layer) are checked here.
+        self.config = ExtractorConfig(model=self.spec.name, stride=stride, weights=weights, backend=backend,
+                                      device=device, precision=precision, rope_periods=rope_periods,
+                                      pos_interp=pos_interp)
         self.stride = stride
         self.precision = precision
         self.device = resolve_device(device)
@@ -114,8 +116,6 @@ class Extractor:
     def from_config(cls, config, *, progress: bool = False, backend_options: dict | None = None) -> Extractor:
         """The `Extractor` a `dinofeat.config.ExtractorConfig` describes (loads the weights); its `onnx` graphs
         (backend onnxruntime) are added for their sizes."""
-        from ..config import ExtractorConfig
-
         if not isinstance(config, ExtractorConfig):
             raise InputError(f"config: expected dinofeat.config.ExtractorConfig, got {type(config).__name__}")
         if config.onnx and config.backend != "onnxruntime":
