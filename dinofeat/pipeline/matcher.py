@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..config import ExtractorConfig, MatchConfig
 from ..correspondences import Correspondences, check_match_args, match_views, view_of
 from ..engine.extractor import Features
 from ..engine.many import ImageFailure
@@ -18,26 +19,29 @@ from .prefetch import prefetch_map
 from .results import PairResult
 from .store import FeatureStore, feature_key, image_digest
 
+_E, _M = ExtractorConfig(), MatchConfig()  # the shared defaults (dinofeat.config)
+
 
 @dataclass(frozen=True)
 class MatcherConfig:
-    """Every default of `Matcher` in one place."""
+    """Every default of `Matcher` in one place; the model and matching ones are `dinofeat.config`'s (declared
+    there once), the stride is the method's 4 and the rest are the Matcher's own."""
 
-    model: str = "dino_vits8"  # zoo name
+    model: str = _E.model  # zoo name
     stride: int = 4  # patch-embedding stride (the paper's 4 for ViT-S/8)
-    weights: object = None  # None: the official file (cached download); a path or a state dict
-    backend: str = "auto"  # torch | onnxruntime | tensorrt | auto
-    device: object = "auto"  # auto | cpu | cuda[:N]
-    precision: str = "fp32"  # ViT precision: fp32 (exact), bf16, fp16
-    load_size: object = 224  # shorter side after resizing (int), (H, W) or None
-    layer: object = 9  # layer (int) or list of layers whose facet is the descriptor
-    facet: str = "key"  # key | query | value | token
-    bin: bool = True  # log-bin (17 bins) before matching
-    thresh: float = 0.05  # saliency threshold of the foreground
-    num_pairs: int = 10  # pairs returned per image pair (k-means clusters)
+    weights: object = _E.weights  # None: the official file (cached download); a path or a state dict
+    backend: str = _E.backend  # torch | onnxruntime | tensorrt | auto
+    device: object = _E.device  # auto | cpu | cuda[:N]
+    precision: str = _E.precision  # ViT precision: fp32 (exact), tf32, bf16, fp16
+    load_size: object = _E.load_size  # shorter side after resizing (int), (H, W) or None
+    layer: object = _M.layer  # layer (int) or list of layers whose facet is the descriptor
+    facet: str = _M.facet  # key | query | value | token
+    bin: bool = _M.bin  # log-bin (17 bins) before matching
+    thresh: float = _M.thresh  # saliency threshold of the foreground
+    num_pairs: int = _M.num_pairs  # pairs returned per image pair (k-means clusters)
     cache_dir: object = None  # folder of the on-disk feature store, None for memory only
     cache_bytes: int = 2 << 30  # bound of the in-memory feature LRU in bytes
-    match_precision: str = "fp32"  # Best-Buddies GEMM precision (fp32 exact)
+    match_precision: str = _M.match_precision  # Best-Buddies GEMM precision (fp32 exact)
     batch_size: int = 8  # default images per forward in match_pairs (same preprocessed size only)
     workers: int = 2  # default decode/resize threads in match_pairs
     window: int = 32  # pairs gathered before their images are extracted and they are matched
@@ -98,7 +102,6 @@ class Matcher:
     def from_configs(cls, extractor_config=None, match_config=None, *, progress: bool = False, **options):
         """A `Matcher` of the API's settings objects (`dinofeat.config.ExtractorConfig` / `MatchConfig`; defaults:
         theirs, stride 4); `options`: cache_dir, cache_bytes, overlap, extractor."""
-        from ..config import ExtractorConfig, MatchConfig
         from ..engine.extractor import Extractor
 
         ec = extractor_config or ExtractorConfig(stride=DEFAULTS.stride)

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import (
+    BACKEND_NAMES,
+    FACET_NAMES,
+    MATCH_PRECISIONS,
+    MODEL_PRECISIONS,
+    ExtractorConfig,
+    MatchConfig,
+)
 from ..errors import InputError
+
+_E, _M = ExtractorConfig(), MatchConfig()  # the defaults are the configs' (declared once, in dinofeat.config)
 
 
 @dataclass(frozen=True)
@@ -22,21 +32,21 @@ class Param:
 
 PARAMETERS = (
     # model (ExtractorConfig)
-    Param("model", str, "dino_vits8", "zoo name (`dinofeat weights list`)"),
+    Param("model", str, _E.model, "zoo name (`dinofeat weights list`)"),
     Param("stride", int, 0, "patch-embedding stride dividing the patch size; 0: half the patch (4 for dino_vits8, "
                             "7 for dinov2_vits14)"),
     Param("weights", str, "", "checkpoint file; empty: the cached official file"),
-    Param("backend", str, "auto", "auto | torch | onnxruntime | tensorrt"),
-    Param("device", str, "auto", "auto | cpu | cuda[:N]"),
-    Param("precision", str, "fp32", "ViT precision: fp32 | tf32 | bf16 | fp16"),
-    Param("load_size", int, 224, "shorter image side after resizing"),
+    Param("backend", str, _E.backend, " | ".join(BACKEND_NAMES)),
+    Param("device", str, _E.device, "auto | cpu | cuda[:N]"),
+    Param("precision", str, _E.precision, "ViT precision: " + " | ".join(MODEL_PRECISIONS)),
+    Param("load_size", int, _E.load_size, "shorter image side after resizing"),
     # matching (MatchConfig)
-    Param("layer", int, 9, "block whose facet is the descriptor"),
-    Param("facet", str, "key", "key | query | value | token"),
-    Param("bin", bool, True, "log-bin the descriptors before matching"),
-    Param("thresh", float, 0.05, "saliency threshold of the foreground"),
-    Param("num_pairs", int, 10, "pairs published per frame (k-means clusters)"),
-    Param("match_precision", str, "fp32", "Best-Buddies GEMM precision: fp32 | bf16 | fp16"),
+    Param("layer", int, _M.layer, "block whose facet is the descriptor"),
+    Param("facet", str, _M.facet, " | ".join(FACET_NAMES)),
+    Param("bin", bool, _M.bin, "log-bin the descriptors before matching"),
+    Param("thresh", float, _M.thresh, "saliency threshold of the foreground"),
+    Param("num_pairs", int, _M.num_pairs, "pairs published per frame (k-means clusters)"),
+    Param("match_precision", str, _M.match_precision, "Best-Buddies GEMM precision: " + " | ".join(MATCH_PRECISIONS)),
     # the node
     Param("reference", str, "first", "first | every:N | an image file: what each frame is matched to"),
     Param("image_topic", str, "image", "sensor_msgs/Image input"),
@@ -75,7 +85,6 @@ def node_settings(values: dict) -> tuple:
 
     Raises `InputError` naming the parameter for a wrong type, an unknown name or a value the configs refuse.
     """
-    from ..config import ExtractorConfig, MatchConfig
     from .replay import parse_reference
 
     v = {p.name: p.default for p in PARAMETERS}
