@@ -38,7 +38,7 @@ from dinofeat.model.vit import (  # noqa: E402
 from dinofeat.model.zoo import get_model_spec  # noqa: E402
 from dinofeat.testing import deterministic_state_dict  # noqa: E402
 
-REQ = Request(facets=((0, "key"), (1, "token")), saliency=True)
+REQ = Request(facets=((0, "key"), (1, "token")), saliency=True, cls=True)  # every kind of output, CLS rows too
 # non-square, odd patch counts, the native grid (the models' early exit: 116 px = 28 windows of the 28x28 DINO
 # table at stride 4, 266 px = 37 of DINOv2's 37x37 at stride 7), one patch, not patch multiples, the largest
 # ~2-4k tokens (the 12-block CLI test goes to 448x336)
@@ -113,7 +113,7 @@ def test_dynamic_graph_contract(exported):
     assert tensorrt_unsupported_ops(model) == {}
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
-    assert [o.name for o in model.graph.output] == ["key0", "token1", "saliency"]
+    assert [o.name for o in model.graph.output] == ["key0", "token1", "cls_key0", "cls_token1", "saliency"]
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["dinofeat.shape"] == "dynamic"
     assert "Resize" not in {n.op_type for n in model.graph.node}
@@ -129,7 +129,11 @@ def test_one_graph_matches_torch_at_every_size(exported):
             ref = vit.forward_features(torch.from_numpy(x), REQ)
         rows, cols = vit.grid(h, w)
         for name, r in zip(REQ.output_names(), ref, strict=True):
-            assert got[name].shape == tuple(r.shape) and got[name].shape[1] == rows * cols, (h, w, name)
+            assert got[name].shape == tuple(r.shape), (h, w, name)
+            if name.startswith("cls_"):  # the CLS rows: (B, C)
+                assert got[name].shape == (2, vit.spec.embed_dim), (h, w, name)
+            else:
+                assert got[name].shape[1] == rows * cols, (h, w, name)
             if name == "saliency" and rows * cols == 1:
                 continue  # min-max of one token is NaN on both paths (SEMANTICS §5)
             assert rel_err(got[name], r.numpy()) < 1e-4, (h, w, name)
