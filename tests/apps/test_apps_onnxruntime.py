@@ -23,7 +23,9 @@ from dinofeat.model.vit import Request  # noqa: E402
 SAMPLE = 4
 
 
-pytestmark = pytest.mark.usefixtures("ort_cache")  # the session's export cache as $DINOFEAT_CACHE (conftest)
+# The session's export cache as $DINOFEAT_CACHE (conftest). Integration: the full 12-block ViT is exported to ONNX
+# at two strides (about 35 s on 2 cores); CI runs it with `pytest -m integration`.
+pytestmark = [pytest.mark.usefixtures("ort_cache"), pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
