@@ -7,6 +7,7 @@ other way) use it; `dinofeat.doctor` re-exports it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shutil
@@ -136,8 +137,7 @@ def environment() -> dict:
     env: dict = {"python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
                  "platform": platform.platform(), "dinofeat": __version__}
     try:
-        from .. import _native
-
+        _native = importlib.import_module("dinofeat._native")  # the compiled module, not the package root
         env["dinofeat._native"] = f"built ({Path(_native.__file__).name})"
     except Exception as e:  # noqa: BLE001
         env["dinofeat._native"] = f"not built ({type(e).__name__}: {first_line(e)})"
@@ -198,7 +198,7 @@ def nvrtc_version() -> str:
 def native_reason() -> str:
     """'' when the C++ kernels (dinofeat._native) import, else why not and how to build them."""
     try:
-        from .. import _native  # noqa: F401
+        importlib.import_module("dinofeat._native")
     except Exception as e:  # noqa: BLE001
         return (f"dinofeat._native not built ({type(e).__name__}: {first_line(e)}); "
                 "pip install -e . builds it")
