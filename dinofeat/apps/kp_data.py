@@ -136,7 +136,7 @@ def read_json(root, classes=None) -> dict[str, list[AnnotatedImage]]:
         raise InputError(f"ROOT {str(root)!r}: no {JSON_NAME} (json layout: see docs/accuracy.md)")
     base = path.parent
     try:
-        entries = json.loads(path.read_text())["images"]
+        entries = json.loads(path.read_text(encoding="utf-8"))["images"]
         found: dict[str, list[AnnotatedImage]] = {}
         for i, e in enumerate(entries):
             kps = {str(k): tuple(float(v) for v in xy) for k, xy in e["keypoints"].items()}
@@ -164,7 +164,7 @@ def read_spair(root, classes=None, split: str = "test",
     found: dict[str, list[KeypointPair]] = {}
     for path in sorted(ann_dir.glob("*.json")):
         try:
-            ann = json.loads(path.read_text())
+            ann = json.loads(path.read_text(encoding="utf-8"))
             cat = ann["category"]
             src, trg = _points(ann["src_kps"]), _points(ann["trg_kps"])
             box = ann.get("trg_bndbox")

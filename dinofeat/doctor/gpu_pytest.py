@@ -35,7 +35,7 @@ def _not_installed_tests() -> list[str]:
 
 def _gpu_test_files() -> list[str]:
     """The test files that hold gpu tests (collecting only them: the rest may need packages a GPU box lacks)."""
-    return sorted(str(p) for p in (ROOT / "tests").rglob("test_*.py") if "pytest.mark.gpu" in p.read_text())
+    return sorted(str(p) for p in (ROOT / "tests").rglob("test_*.py") if "pytest.mark.gpu" in p.read_text(encoding="utf-8"))
 
 
 PYTEST_MISSING = "pytest cannot be imported: the GPU tests cannot run (pip install pytest)"

@@ -91,7 +91,7 @@ def lookup(directory, key: str) -> dict | None:
     if not mpath.is_file():
         return None
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
         files = manifest["files"]
         problems = []
         for name, sha in files.items():

@@ -324,7 +324,7 @@ def _prune_unused(graph) -> None:
 @functools.cache
 def tensorrt_op_table() -> dict:
     """The TensorRT 10 ONNX operator list (`data/tensorrt10_onnx_ops.json`), with its source."""
-    return json.loads(TRT_OPS_FILE.read_text())
+    return json.loads(TRT_OPS_FILE.read_text(encoding="utf-8"))
 
 
 def tensorrt_unsupported_ops(model) -> dict[str, int]:

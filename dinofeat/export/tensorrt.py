@@ -434,7 +434,7 @@ def load_engine_file(path, *, expected: dict | None = None, trt=None):
     path = Path(path)
     side = path.with_suffix(path.suffix + ".json")
     if expected is not None and side.is_file():
-        problems = check_engine_meta(json.loads(side.read_text()), expected)
+        problems = check_engine_meta(json.loads(side.read_text(encoding="utf-8")), expected)
         if problems:
             raise InputError(f"engine {path} does not match this system ({'; '.join(problems)}); rebuild it with "
                              f"`dinofeat export --tensorrt-engine`")

@@ -57,7 +57,7 @@ def _inline(name: str, seen: set[str]) -> str:
     if name in seen:  # every header is #pragma once
         return ""
     seen.add(name)
-    text = (KERNEL_DIR / name).read_text()
+    text = (KERNEL_DIR / name).read_text(encoding="utf-8")
     text = text.replace("#pragma once\n", "")
     return _INCLUDE.sub(lambda m: _inline(m.group(1), seen), text)
 

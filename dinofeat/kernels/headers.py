@@ -45,7 +45,7 @@ def defines() -> dict[str, int | float]:
     if not paths:
         raise RuntimeError(f"no kernel sources (*.cuh, *.cu) in {KERNEL_DIR}: the installation is incomplete")
     for path in paths:
-        for m in _DEFINE.finditer(path.read_text()):
+        for m in _DEFINE.finditer(path.read_text(encoding="utf-8")):  # the sources hold UTF-8 (x, >=)
             value = _number(m.group(2))
             if value is None:
                 continue

@@ -191,7 +191,7 @@ class TritonServer:
 
         needed = set()
         for config in self.repo.glob("*/config.pbtxt"):
-            m = re.search(r'^backend:\s*"([^"]+)"', config.read_text(), re.M)
+            m = re.search(r'^backend:\s*"([^"]+)"', config.read_text(encoding="utf-8"), re.M)
             if m:
                 needed.add(m.group(1))
         missing = sorted(needed - set(have))

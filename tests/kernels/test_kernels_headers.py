@@ -104,3 +104,19 @@ def test_every_op_has_every_implementation():
     assert set(dispatch.KERNELS) == {"log_bin", "best_buddies", "best_buddies_binned", "log_bin_rows"}
     for impls in dispatch.KERNELS.values():
         assert tuple(impls) == dispatch.IMPLS[1:]
+
+
+def test_the_package_imports_under_an_ascii_locale():
+    """The headers hold UTF-8 (§, ×); they are read at import, also where the locale is C/ASCII (Triton's Python
+    stub runs so: a locale-dependent read_text() broke every served model)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    code = ("import locale, dinofeat, dinofeat.kernels.headers as h; "
+            "print(locale.getpreferredencoding(False), h.define('DF_BBB_MAX_LEVELS'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    encoding, levels = proc.stdout.split()
+    assert encoding.upper() in ("ANSI_X3.4-1968", "ASCII", "US-ASCII") and levels == "4", proc.stdout
