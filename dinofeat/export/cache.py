@@ -6,7 +6,7 @@ place (atomic on POSIX and Windows); the manifest is written last, so an entry e
 `lookup` re-hashes the files: an entry whose files are missing or fail their hash is deleted and reported as
 absent, so the caller rebuilds it and never uses it.
 
-Cache root: `dinofeat.model.weights.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOME/dinofeat, else
+Cache root: `dinofeat.model.weights_files.cache_dir()` ($DINOFEAT_CACHE, else $XDG_CACHE_HOME/dinofeat, else
 ~/.cache/dinofeat), with ``onnx/`` and ``trt/`` below it.
 """
 
@@ -20,13 +20,12 @@ import warnings
 from pathlib import Path
 
 from ..io import FILE_MODE, atomic_write_bytes, file_sha256, unlink_quiet
+from ..model.weights_files import cache_dir
 
 MANIFEST_SUFFIX = ".json"
 
 
 def cache_root() -> Path:
-    from ..model.weights import cache_dir
-
     return Path(cache_dir())
 
 

@@ -26,3 +26,8 @@ class Backend(Protocol):
     device: torch.device
 
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]: ...
+
+
+def fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 CPU copy of a backend's model weights: what `model_state_dict()` returns (`Extractor.with_stride`)."""
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}

@@ -36,6 +36,7 @@ import torch
 
 from ...errors import BackendUnavailableError, InputError
 from ...model.vit import Request, StridedViT
+from .base import fp32_state_dict
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PRECISIONS = ("fp32", "tf32", "fp16")
@@ -297,7 +298,7 @@ class OnnxRuntimeBackend:
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """fp32 CPU copy of the exported model's weights (for `Extractor.with_stride`)."""
-        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+        return fp32_state_dict(self.model)
 
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import torch
 
 from ...errors import BackendError, BackendUnavailableError, InputError
 from ...model.vit import Request, StridedViT
+from .base import fp32_state_dict
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
                  "INT64": torch.int64, "BOOL": torch.bool}
@@ -236,7 +237,7 @@ class TensorRTBackend:
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """fp32 CPU copy of the exported model's weights (for `Extractor.with_stride`)."""
-        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+        return fp32_state_dict(self.model)
 
     # ------------------------------------------------------------------------------------------------------
     def run(self, batch: torch.Tensor, request: Request) -> dict[str, torch.Tensor]:

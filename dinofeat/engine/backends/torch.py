@@ -15,6 +15,7 @@ import threading
 import torch
 
 from ...model.vit import Request, StridedViT, resample_position_table
+from .base import fp32_state_dict
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -157,7 +158,7 @@ class TorchBackend:
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """fp32 CPU copy of the running model's weights (the learned position table as loaded, at full precision
         whatever the run precision): what `Extractor.with_stride` builds another stride from."""
-        state = {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+        state = fp32_state_dict(self.model)
         if self._pos_table is not None:
             state["pos_embed"] = self._pos_table.clone()
         return state
