@@ -230,3 +230,18 @@ def test_cuda_iobinding_keeps_outputs_on_the_device(tmp_path):
     fp16 = ortb.OnnxRuntimeBackend(_vit(), torch.device("cuda"), "fp16", "w", cache_dir=tmp_path,
                                    use_tensorrt=False).run(x.cuda(), MULTI)
     assert rel_err(fp16["key9"].cpu(), cpu["key9"]) < 3e-3
+
+
+@pytest.mark.gpu
+def test_cuda_cls_rows_equal_the_cpu_run(tmp_path):
+    """CUDA EP with the CLS rows (`Request(cls=True)`): (B, C) outputs on the device, equal to the CPU run."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    req = Request(facets=((9, "key"),), saliency=True, cls=True)
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 3, 64, 96)).astype(np.float32))
+    cpu = ortb.OnnxRuntimeBackend(_vit(), torch.device("cpu"), "fp32", "w", cache_dir=tmp_path).run(x, req)
+    got = ortb.OnnxRuntimeBackend(_vit(), torch.device("cuda"), "fp32", "w", cache_dir=tmp_path,
+                                  use_tensorrt=False).run(x.cuda(), req)
+    assert got["cls_key9"].device.type == "cuda" and got["cls_key9"].shape == (2, 384)
+    for name in req.output_names():
+        assert rel_err(got[name].cpu(), cpu[name]) < 1e-4, name

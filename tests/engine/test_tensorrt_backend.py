@@ -404,6 +404,22 @@ def test_engine_matches_torch(real_trt, tmp_path, precision, tol):
 
 
 @pytest.mark.gpu
+def test_engine_cls_rows_match_torch(real_trt, tmp_path):
+    """The CLS rows (`Request(cls=True)`, (B, C) outputs beside the (B, T, C) facets) through a real engine."""
+    from dinofeat.engine.backends.tensorrt import TensorRTBackend
+    from dinofeat.engine.backends.torch import TorchBackend
+
+    req = Request(facets=((9, "key"),), saliency=True, cls=True)
+    x = torch.from_numpy(np.random.default_rng(4).standard_normal((2, 3, 64, 96)).astype(np.float32)).cuda()
+    ref = TorchBackend(_vit(), torch.device("cuda"), "fp32").run(x, req)
+    got = TensorRTBackend(_vit(), torch.device("cuda"), "fp32", "w", cache_dir=tmp_path, max_batch=4,
+                          progress=False).run(x, req)
+    assert got["cls_key9"].shape == (2, 384)
+    for name in req.output_names():
+        assert rel_err(got[name].cpu(), ref[name].cpu()) < 1e-4, name
+
+
+@pytest.mark.gpu
 def test_cuda_graph_replay_and_cupy_buffers(real_trt, tmp_path):
     from dinofeat.engine.backends.tensorrt import TensorRTBackend
 
